@@ -1,0 +1,160 @@
+//! Checks a config against the spec's ranges and each provider's rules, and
+//! turns it into a `Plan` the rest of the component can trust.
+
+use crate::batchgen::plugin::types::{Config, ConfigProblem};
+use crate::models::{Model, ProviderKind, MODELS};
+use crate::url::BaseUrl;
+
+/// The spec's default temperature. Newer Claude models reject `temperature`
+/// together with `top_p`; when the user left temperature at this default we
+/// can omit it instead of failing.
+pub const DEFAULT_TEMPERATURE: f64 = 0.01;
+/// Above this a batch would open more connections than any provider tier
+/// allows, and the host would hold that many rows in memory per call.
+pub const MAX_BATCH_SIZE: u32 = 4096;
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Where the rows of a batch go.
+pub enum Target {
+    Local,
+    Remote(Remote),
+}
+
+/// A provider API and how to reach it.
+pub struct Remote {
+    pub kind: ProviderKind,
+    pub base: BaseUrl,
+}
+
+/// A validated config.
+pub struct Plan {
+    pub model: &'static Model,
+    pub target: Target,
+    /// The id to request: the override, or the label's id.
+    pub model_id: String,
+    pub system_prompt: Option<String>,
+    /// `None` when it must not be sent.
+    pub temperature: Option<f64>,
+    /// `None` when it must not be sent (it is 1.0, the providers' default).
+    pub top_p: Option<f64>,
+    /// Always sent as is; kept for the local model, which needs the value.
+    pub temperature_value: f64,
+    pub top_p_value: f64,
+    pub max_tokens: u32,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub request_timeout_ns: u64,
+}
+
+impl Plan {
+    /// Validates everything at once, so a user fixes all problems in one go.
+    pub fn new(config: &Config) -> Result<Plan, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(ConfigProblem { field: field.to_string(), message })
+        };
+
+        let model = Model::find(&config.generation_model);
+        if model.is_none() {
+            let labels: Vec<&str> = MODELS.iter().map(|m| m.label).collect();
+            problem(
+                "generation_model",
+                format!("unknown model {:?}; choose one of: {}", config.generation_model, labels.join(", ")),
+            );
+        }
+        let model_id = match &config.model_id {
+            Some(id) if id.trim().is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                problem("model_id", format!("{id:?} is not a model id (empty or containing whitespace)"));
+                String::new()
+            }
+            Some(id) => id.clone(),
+            None => model.map(|m| m.model_id.to_string()).unwrap_or_default(),
+        };
+
+        let temperature = config.temperature;
+        if !(0.0..=2.0).contains(&temperature) {
+            problem("temperature", format!("{temperature} is out of range 0.0 to 2.0"));
+        }
+        let top_p = config.top_p;
+        if !(0.0..=1.0).contains(&top_p) {
+            problem("top_p", format!("{top_p} is out of range 0.0 to 1.0"));
+        }
+        if !(1..=4096).contains(&config.max_tokens) {
+            problem("max_tokens", format!("{} is out of range 1 to 4096", config.max_tokens));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&config.batch_size) {
+            problem("batch_size", format!("{} is out of range 1 to {MAX_BATCH_SIZE}", config.batch_size));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&config.max_attempts) {
+            problem("max_attempts", format!("{} is out of range 1 to {MAX_ATTEMPTS}", config.max_attempts));
+        }
+        if config.request_timeout_ms == 0 {
+            problem("request_timeout", "must be at least 1 ms".to_string());
+        }
+
+        let mut send_temperature = Some(temperature);
+        let send_top_p = (top_p != 1.0).then_some(top_p);
+        let mut target = Target::Local;
+        if let Some(model) = model {
+            let (field, base) = match model.provider {
+                ProviderKind::OpenAi => ("openai_base_url", &config.endpoints.openai_base_url),
+                ProviderKind::Anthropic => ("anthropic_base_url", &config.endpoints.anthropic_base_url),
+                ProviderKind::Local => ("", &String::new()),
+            };
+            if model.provider != ProviderKind::Local {
+                match BaseUrl::parse(base) {
+                    Ok(base) => target = Target::Remote(Remote { kind: model.provider, base }),
+                    Err(message) => problem(field, message),
+                }
+            }
+            if model.provider == ProviderKind::Anthropic {
+                if temperature > 1.0 && temperature <= 2.0 {
+                    problem(
+                        "temperature",
+                        format!("{temperature} is above 1.0, the most Anthropic models accept"),
+                    );
+                }
+                // Claude models after 3.x reject temperature and top_p together.
+                let is_claude_3 = model_id.starts_with("claude-3");
+                if !is_claude_3 && send_top_p.is_some() {
+                    if temperature == DEFAULT_TEMPERATURE {
+                        send_temperature = None;
+                    } else {
+                        problem(
+                            "top_p",
+                            format!(
+                                "{model_id} does not accept temperature and top_p together; \
+                                 leave one of them at its default (temperature 0.01, top_p 1.0)"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let model = model.expect("an unknown model is a problem");
+        Ok(Plan {
+            model,
+            target,
+            model_id,
+            system_prompt: config.system_prompt.clone().filter(|s| !s.trim().is_empty()),
+            temperature: send_temperature,
+            top_p: send_top_p,
+            temperature_value: temperature,
+            top_p_value: top_p,
+            max_tokens: config.max_tokens,
+            concurrency: config.batch_size as usize,
+            max_attempts: config.max_attempts,
+            request_timeout_ns: config.request_timeout_ms.saturating_mul(1_000_000),
+        })
+    }
+}
+
+/// One line naming every problem, for row errors.
+pub fn describe(problems: &[ConfigProblem]) -> String {
+    let parts: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+    format!("invalid config: {}", parts.join("; "))
+}

@@ -1,0 +1,37 @@
+//! `Local`: the whole batch goes to the host's `local-model` import in one
+//! call, so the host can batch the work on its side.
+
+use crate::batchgen::plugin::local_model::{self, LocalRequest};
+use crate::batchgen::plugin::types::{Generation, RowError};
+use crate::config::Plan;
+
+pub fn generate(plan: &Plan, inputs: &[String]) -> Vec<Result<Generation, RowError>> {
+    let requests: Vec<LocalRequest> = inputs
+        .iter()
+        .map(|input| LocalRequest {
+            model: (!plan.model_id.is_empty()).then(|| plan.model_id.clone()),
+            system_prompt: plan.system_prompt.clone(),
+            prompt: input.clone(),
+            temperature: plan.temperature_value,
+            top_p: plan.top_p_value,
+            max_tokens: plan.max_tokens,
+        })
+        .collect();
+    let results = local_model::generate(&requests);
+    if results.len() != inputs.len() {
+        let message = format!("the local model returned {} results for {} requests", results.len(), inputs.len());
+        return inputs.iter().map(|_| Err(RowError::Transport(message.clone()))).collect();
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.map(|completion| Generation {
+                text: completion.text,
+                finish_reason: completion.finish_reason,
+                input_tokens: completion.input_tokens,
+                output_tokens: completion.output_tokens,
+                attempts: 1,
+            })
+        })
+        .collect()
+}
