@@ -1,0 +1,3 @@
+//! Support code for batchgen's integration tests and benchmarks.
+
+pub mod provider;

@@ -1,0 +1,548 @@
+//! A local stand-in for the OpenAI Chat Completions API and the Anthropic
+//! Messages API, for integration tests and benchmarks.
+//!
+//! It speaks both real wire formats (paths, headers, JSON bodies, error
+//! bodies and statuses), so the code under test runs exactly as it would
+//! against the providers, while every answer stays predictable:
+//!
+//! - a success echoes the prompt (`echo: {prompt}`, or `[{system}] echo:
+//!   {prompt}`) and counts whitespace words as tokens, so a test can tell
+//!   whether output rows line up with their inputs;
+//! - faults come from directives written in the prompt (`#status=NNN`,
+//!   `#quota`, `#fail=N:STATUS`, `#reset=N`, `#hang=N`, `#truncate=N`,
+//!   `#malformed=N`), or at random from a seeded [`FaultPlan`] whose draws
+//!   depend only on (seed, path, prompt, attempt), never on arrival order;
+//! - every request is recorded before it is answered, so a test can count
+//!   attempts per prompt with [`ProviderServer::requests`].
+//!
+//! The server runs on its own thread with its own tokio runtime, so plain
+//! `#[test]`s and async tests can both use it, and it stops when dropped.
+//!
+//! Besides the faults asked for, requests are checked the way the real
+//! APIs check them (see `wire::validate`): a missing `max_tokens` or
+//! `anthropic-version`, a `system` role in Anthropic `messages`,
+//! `temperature` out of range, `temperature` with `top_p` on Claude 4.5
+//! models, `max_tokens` on OpenAI reasoning models, and retired Claude ids
+//! all get the provider's real error.
+
+mod faults;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use faults::Fault;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use wire::{Api, ApiError, Completion, Reply};
+
+/// How long [`ServerOptions::hold_until_in_flight`] waits before answering
+/// anyway, so a client that never gets there fails its test instead of
+/// hanging it.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
+
+/// A running test provider on `127.0.0.1`. Dropping it shuts the server
+/// down: its runtime stops and every open connection is closed.
+pub struct ProviderServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How the server behaves; the default answers everything at once.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Added before every answer (errors and faults included).
+    pub latency: Duration,
+    /// When set, requests must carry this key (OpenAI: `authorization:
+    /// Bearer KEY`; Anthropic: `x-api-key: KEY`) or get the provider's real
+    /// 401. When unset any key, or none, is accepted, as a local
+    /// OpenAI-compatible server (vLLM, llama.cpp) does.
+    pub api_key: Option<String>,
+    /// When `Some(n)`, answers are held until `n` requests have been in
+    /// flight at once; from then on nothing is held. This lets a test prove
+    /// a client sends requests concurrently without timing assertions:
+    /// check [`ProviderServer::max_in_flight`] afterwards. If `n` is not
+    /// reached within 10 s the server answers anyway (and stops holding),
+    /// so a sequential client makes the test fail rather than hang.
+    pub hold_until_in_flight: Option<usize>,
+    /// Random retryable faults.
+    pub faults: FaultPlan,
+}
+
+/// Random *retryable* faults on generation requests. Each rate is the
+/// chance that a request gets that fault (the rates should sum to at most
+/// 1). Draws come from SplitMix64 over (seed, path, prompt, attempt
+/// number), so a given row meets the same faults on the same attempts in
+/// every run, however requests interleave. Directives in a prompt take
+/// precedence over the plan.
+#[derive(Clone, Debug, Default)]
+pub struct FaultPlan {
+    pub seed: u64,
+    /// 429 rate-limit error with `retry-after: 1` (and OpenAI's
+    /// `retry-after-ms: 10`).
+    pub rate_429: f64,
+    /// 500 (`api_error` / `server_error`).
+    pub rate_500: f64,
+    /// Anthropic 529 `overloaded_error`; on OpenAI paths a 503
+    /// `server_error`, as OpenAI never sends 529.
+    pub rate_529: f64,
+    /// Close the connection without any response.
+    pub rate_reset: f64,
+    /// Never answer (until the client gives up or the server is dropped).
+    pub rate_hang: f64,
+    /// A 200 whose `content-length` promises more bytes than are sent
+    /// before the connection closes.
+    pub rate_truncate: f64,
+    /// A 200 whose body is not JSON (the first half of the real body).
+    pub rate_malformed: f64,
+}
+
+/// One request as the server received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The path, without any query string.
+    pub path: String,
+    /// In arrival order, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub raw_body: String,
+    /// The body parsed as JSON, `Null` if it is not JSON.
+    pub body: Value,
+}
+
+impl RecordedRequest {
+    fn new(head: &hyper::http::request::Parts, raw: &[u8]) -> Self {
+        let headers = head
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        RecordedRequest {
+            method: head.method.to_string(),
+            path: head.uri.path().to_owned(),
+            headers,
+            raw_body: String::from_utf8_lossy(raw).into_owned(),
+            body: serde_json::from_slice(raw).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The first value of header `name`, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The text of the last user message, in either wire format (string
+    /// content, or text blocks joined by newlines).
+    pub fn prompt(&self) -> Option<String> {
+        wire::prompt(&self.body)
+    }
+
+    /// What identifies "the same row" for directive counters and fault
+    /// draws: the prompt, or the raw body when there is no prompt.
+    fn row_key(&self) -> (String, String) {
+        (
+            self.path.clone(),
+            self.prompt().unwrap_or_else(|| self.raw_body.clone()),
+        )
+    }
+}
+
+impl ProviderServer {
+    /// Starts a server with default options.
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Binds `127.0.0.1:0` here, so the address is known (and connections
+    /// are accepted by the kernel) before this returns, then serves on a
+    /// thread of its own.
+    pub fn start_with(options: ServerOptions) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("make the listener non-blocking");
+        let addr = listener.local_addr().expect("listener address");
+        let shared = Arc::new(Shared {
+            options,
+            log: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            released: watch::Sender::new(false),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("provider-server-{}", addr.port()))
+            .spawn({
+                let shared = shared.clone();
+                move || run(listener, shared, stopped)
+            })
+            .expect("spawn the provider server thread");
+        ProviderServer {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, what OpenAI clients take as base URL.
+    pub fn openai_base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, what Anthropic clients take as base URL.
+    pub fn anthropic_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in arrival order, including those
+    /// answered with errors or faults.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.log().requests.clone()
+    }
+
+    /// Forgets the recorded requests. Directive counters are kept: a
+    /// `#fail=1:500` row that already failed once keeps succeeding.
+    pub fn clear_requests(&self) {
+        self.shared.log().requests.clear();
+    }
+
+    /// The highest number of requests handled at once so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ProviderServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// State shared between the handle and the server thread.
+struct Shared {
+    options: ServerOptions,
+    log: Mutex<Log>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Becomes `true`, for good, once `hold_until_in_flight` is reached.
+    released: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Log {
+    requests: Vec<RecordedRequest>,
+    /// Requests seen per (path, prompt).
+    attempts: HashMap<(String, String), u32>,
+}
+
+impl Shared {
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A panicking test thread must not take every later assertion down.
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records `request` and returns which attempt (1-based) it is for its
+    /// row. Both happen under one lock, so attempt numbers follow the order
+    /// of [`ProviderServer::requests`].
+    fn record(&self, request: &RecordedRequest) -> u32 {
+        let mut log = self.log();
+        log.requests.push(request.clone());
+        let attempt = log.attempts.entry(request.row_key()).or_default();
+        *attempt += 1;
+        *attempt
+    }
+
+    async fn hold(&self) {
+        let mut released = self.released.subscribe();
+        let timed_out = tokio::time::timeout(HOLD_LIMIT, released.wait_for(|open| *open))
+            .await
+            .is_err();
+        if timed_out {
+            self.released.send_replace(true);
+        }
+    }
+}
+
+/// Counts a request as in flight for as long as it is alive, including
+/// when hyper drops it half-way.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if shared
+            .options
+            .hold_until_in_flight
+            .is_some_and(|n| now >= n)
+        {
+            shared.released.send_replace(true);
+        }
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The server thread: a single-threaded runtime is plenty for a stand-in
+/// whose work per request is building a small JSON body.
+fn run(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the provider server runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("register the listener");
+        loop {
+            let stream = tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| serve(shared.clone(), request));
+                // Errors are clients going away, or injected resets.
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    // Dropping the runtime here drops every connection task, closing the
+    // sockets of hung and idle connections alike.
+}
+
+/// What to do with one request.
+enum Answer {
+    Reply(Reply),
+    /// Send the reply's head and half its body, then close the connection.
+    Truncated(Reply),
+    /// Close the connection without a response.
+    Reset,
+    /// Never answer.
+    Hang,
+}
+
+async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Response<ReplyBody>> {
+    let _in_flight = InFlight::enter(&shared);
+    let (head, body) = request.into_parts();
+    let raw = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    let request = RecordedRequest::new(&head, &raw);
+    let attempt = shared.record(&request);
+    if shared.options.hold_until_in_flight.is_some() {
+        shared.hold().await;
+    }
+    if !shared.options.latency.is_zero() {
+        tokio::time::sleep(shared.options.latency).await;
+    }
+    match decide(&shared.options, &request, attempt) {
+        Answer::Reply(reply) => Ok(response(reply, false)),
+        Answer::Truncated(reply) => Ok(response(reply, true)),
+        // An error from the service makes hyper drop the connection unanswered.
+        Answer::Reset => Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "injected reset",
+        )),
+        Answer::Hang => std::future::pending().await,
+    }
+}
+
+/// The answer to the `attempt`-th request for this request's row: a pure
+/// function, so the same inputs always get the same answer.
+fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32) -> Answer {
+    let (path, row) = request.row_key();
+    let seed = faults::fnv1a(&format!("{path}\n{row}")) ^ u64::from(attempt);
+    let id = format!(
+        "{:016x}{:08x}",
+        faults::splitmix64(seed),
+        faults::splitmix64(!seed) >> 32
+    );
+    let request_id = format!("req_{id}");
+
+    let anthropic_headers =
+        request.header("anthropic-version").is_some() || request.header("x-api-key").is_some();
+    let by_headers = if anthropic_headers {
+        Api::Anthropic
+    } else {
+        Api::OpenAi
+    };
+    let (api, generates) = match (request.method.as_str(), path.as_str()) {
+        ("POST", "/v1/chat/completions") => (Api::OpenAi, true),
+        ("POST", "/v1/messages") => (Api::Anthropic, true),
+        ("GET", "/v1/models") => (by_headers, false),
+        (method, path) => {
+            let error = ApiError::unknown_route(by_headers, method, path);
+            return Answer::Reply(error.reply(by_headers, &request_id));
+        }
+    };
+    let fail = |error: ApiError| Answer::Reply(error.reply(api, &request_id));
+
+    if let Some(expected) = &options.api_key {
+        let sent = match api {
+            Api::OpenAi => request
+                .header("authorization")
+                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v)),
+            Api::Anthropic => request.header("x-api-key"),
+        };
+        if sent != Some(expected.as_str()) {
+            return fail(ApiError::unauthorized(api, sent));
+        }
+    }
+    if api == Api::Anthropic && request.header("anthropic-version").is_none() {
+        return fail(ApiError::new(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        ));
+    }
+    if !generates {
+        return Answer::Reply(wire::models(api, &id));
+    }
+    if let Err(error) = wire::validate(api, &request.body) {
+        return fail(error);
+    }
+
+    let model = request.body["model"].as_str().unwrap_or_default();
+    let success = || Completion::echo(api, &request.body).reply(api, model, &id);
+    let fault = faults::directive(&row, attempt)
+        .or_else(|| options.faults.draw(&format!("{path}\n{row}"), attempt));
+    match fault {
+        None => Answer::Reply(success()),
+        Some(Fault::Status(status)) => fail(ApiError::for_status(api, status, model)),
+        Some(Fault::Quota) => fail(ApiError::quota(api)),
+        Some(Fault::Reset) => Answer::Reset,
+        Some(Fault::Hang) => Answer::Hang,
+        Some(Fault::Truncate) => Answer::Truncated(success()),
+        Some(Fault::Malformed) => {
+            let mut reply = success();
+            // Half a JSON object is never JSON.
+            reply
+                .body
+                .truncate(reply.body.floor_char_boundary(reply.body.len() / 2));
+            Answer::Reply(reply)
+        }
+    }
+}
+
+fn response(reply: Reply, truncated: bool) -> Response<ReplyBody> {
+    let mut builder = Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        builder = builder.header(name, value);
+    }
+    let body = Bytes::from(reply.body);
+    let body = if truncated {
+        builder = builder.header("content-length", body.len());
+        ReplyBody {
+            data: Some(body.slice(..body.len() / 2)),
+            break_off: true,
+            flushed: false,
+        }
+    } else {
+        ReplyBody {
+            data: Some(body),
+            break_off: false,
+            flushed: false,
+        }
+    };
+    builder.body(body).expect("a well-formed response")
+}
+
+/// A response body sent whole, or broken off for the truncate fault.
+///
+/// Broken off, it yields its bytes, then `Pending` once (waking itself) so
+/// hyper flushes them to the socket, then an error, on which hyper closes
+/// the connection short of the `content-length` it sent. Failing at once
+/// would make hyper drop the buffered bytes too, which is a reset, not a
+/// truncation. (The flush is whole only while the body fits the socket
+/// buffer, which replies here always do.)
+struct ReplyBody {
+    data: Option<Bytes>,
+    break_off: bool,
+    flushed: bool,
+}
+
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if !this.break_off {
+            return Poll::Ready(None);
+        }
+        if !this.flushed {
+            this.flushed = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "injected truncation",
+        ))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.break_off && self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.data, self.break_off) {
+            // Unknown, so hyper frames the body by our `content-length`.
+            (_, true) => SizeHint::default(),
+            (Some(data), false) => SizeHint::with_exact(data.len() as u64),
+            (None, false) => SizeHint::with_exact(0),
+        }
+    }
+}
