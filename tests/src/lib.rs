@@ -1,3 +1,4 @@
 //! Support code for batchgen's integration tests and benchmarks.
 
+pub mod harness;
 pub mod provider;

@@ -1,0 +1,166 @@
+//! The `batchgen` command line: a thin layer over `batchgen::run`.
+
+use anyhow::Context;
+use batchgen::config::{ApiKeys, Job, JobFile, ProviderEndpoints};
+use batchgen::plugin::cache;
+use batchgen::run::{self, RunOptions};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "batchgen", version, about = "Generate an LLM output column for every row of a dataset, in batches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the output column for every row of INPUT into OUTPUT.
+    // A repeated flag takes its last value, so wrappers can append overrides.
+    #[command(args_override_self = true)]
+    Run(RunArgs),
+    /// List the generation models, their provider ids and providers.
+    Models(ComponentArgs),
+}
+
+#[derive(Args)]
+struct ComponentArgs {
+    /// Load this component instead of the embedded one.
+    #[arg(long, value_name = "PATH")]
+    component: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Dataset to read: .jsonl, .csv or .parquet. Never modified.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Dataset to write, in the format of its extension. Written to a
+    /// temporary file and renamed into place when complete.
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// JSON object with the spec's keys (generation_model, system_prompt,
+    /// input_column, output_column, batch_size, temperature, top_p,
+    /// max_tokens); flags override it.
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    /// Local, Claude 3.5 Haiku, Claude 3.5 Sonnet, OpenAI GPT 4o, OpenAI GPT 4o Mini (any case, or slugs like gpt-4o-mini).
+    #[arg(long, value_name = "NAME")]
+    generation_model: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    system_prompt: Option<String>,
+    /// Column holding each row's input.
+    #[arg(long, value_name = "COL")]
+    input_column: Option<String>,
+    /// Column to write; failures go to COL_error.
+    #[arg(long, value_name = "COL")]
+    output_column: Option<String>,
+    /// Rows per batch, and requests in flight at once [default: 128].
+    #[arg(long, value_name = "N")]
+    batch_size: Option<u32>,
+    /// 0.0 to 2.0 (Claude: to 1.0) [default: 0.01].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    temperature: Option<f64>,
+    /// 0.0 to 1.0 [default: 1.0].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    top_p: Option<f64>,
+    /// 1 to 4096 [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u32>,
+    /// Provider model id to request instead of the label's (e.g. a retired model's successor).
+    #[arg(long, value_name = "ID")]
+    model_id: Option<String>,
+    /// Attempts per row, retries included [default: 5].
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Per-request deadline in seconds [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    request_timeout: Option<f64>,
+    /// OpenAI-compatible server (vLLM, llama.cpp, Ollama) for `Local`, e.g. http://localhost:8000/v1.
+    #[arg(long, value_name = "URL", env = "BATCHGEN_LOCAL_URL")]
+    local_url: Option<String>,
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = batchgen::config::DEFAULT_OPENAI_BASE_URL, hide_default_value = true, value_name = "URL")]
+    /// Base URL of the OpenAI API [env: OPENAI_BASE_URL; default: https://api.openai.com/v1].
+    openai_base_url: String,
+    /// Base URL of the Anthropic API [env: ANTHROPIC_BASE_URL; default: https://api.anthropic.com].
+    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = batchgen::config::DEFAULT_ANTHROPIC_BASE_URL, hide_default_value = true, value_name = "URL")]
+    anthropic_base_url: String,
+    #[command(flatten)]
+    component: ComponentArgs,
+}
+
+impl RunArgs {
+    fn options(self) -> anyhow::Result<RunOptions> {
+        let file = match &self.config {
+            Some(path) => JobFile::read(path)?,
+            None => JobFile::default(),
+        };
+        let flags = JobFile {
+            generation_model: self.generation_model,
+            system_prompt: self.system_prompt,
+            input_column: self.input_column,
+            output_column: self.output_column,
+            batch_size: self.batch_size,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            model_id: self.model_id,
+            max_attempts: self.max_attempts,
+            request_timeout: self.request_timeout,
+        };
+        let job = Job::from_file(file.merge(flags))?;
+        Ok(RunOptions {
+            input: self.input,
+            output: self.output,
+            job,
+            endpoints: ProviderEndpoints {
+                openai_base_url: self.openai_base_url,
+                anthropic_base_url: self.anthropic_base_url,
+            },
+            keys: ApiKeys::from_env(),
+            local_url: self.local_url,
+            component: self.component.component,
+            cache_dir: cache::default_dir(),
+        })
+    }
+}
+
+/// Exit status: 0 all rows generated, 1 a run finished with failed rows,
+/// 2 nothing was generated (bad input, config or environment).
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BATCHGEN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("batchgen: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            let options = args.options()?;
+            let summary = run::run(&options).await?;
+            eprintln!("batchgen: wrote {}: {summary}", options.output.display());
+            Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Models(args) => {
+            let plugin = run::load_plugin(args.component.as_deref(), cache::default_dir().as_deref())
+                .context("loading the component")?;
+            println!("{:<20} {:<10} {:<28} note", "label", "provider", "model id");
+            for model in run::list_models(&plugin).await? {
+                println!("{:<20} {:<10} {:<28} {}", model.label, model.provider, model.model_id, model.note.unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

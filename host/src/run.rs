@@ -1,0 +1,207 @@
+//! The batch job: read a dataset a batch at a time, have the component
+//! generate, write every row back in place with its output or its error.
+
+use crate::config::{ApiKeys, Job, ProviderEndpoints};
+use crate::dataset::{self, DatasetError, Format, Reader, Writer};
+use crate::local::{LocalModel, ServerModel};
+use crate::outbound::{self, Destination, Origin, Outbound};
+use crate::plugin::bindings::{ConfigProblem, ModelInfo};
+use crate::plugin::{cache, Plugin, PluginError, EMBEDDED_COMPONENT};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything a run needs besides the job's parameters.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub job: Job,
+    pub endpoints: ProviderEndpoints,
+    pub keys: ApiKeys,
+    /// An OpenAI-compatible server for `Local` (`--local-url`).
+    pub local_url: Option<String>,
+    /// Another build of the component instead of the embedded one.
+    pub component: Option<PathBuf>,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// A run with the given files and job, everything else from the
+    /// environment as the CLI would take it.
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, job: Job) -> RunOptions {
+        RunOptions {
+            input: input.into(),
+            output: output.into(),
+            job,
+            endpoints: ProviderEndpoints::default(),
+            keys: ApiKeys::default(),
+            local_url: None,
+            component: None,
+            cache_dir: cache::default_dir(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid config:{}", list(.0))]
+    Config(Vec<ConfigProblem>),
+    #[error("{variable} is not set: {model} needs an API key (export {variable}=...)")]
+    MissingKey { variable: &'static str, model: String },
+    #[error("{model} runs on the local model, and none is configured: pass --local-url URL (or set BATCHGEN_LOCAL_URL) for an OpenAI-compatible server")]
+    NoLocalModel { model: String },
+    #[error("{name} {url:?}: {message}")]
+    Endpoint { name: &'static str, url: String, message: String },
+    #[error("the output file must differ from the input file ({0})")]
+    SameFile(String),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| format!("\n  {}: {}", p.field, p.message)).collect()
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub rows: u64,
+    pub failed: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Requests made, retries included.
+    pub attempts: u64,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = self.elapsed.as_secs_f64();
+        write!(
+            f,
+            "{} rows, {} failed, tokens in {} / out {}, {} requests, {:.2} s ({:.1} rows/s)",
+            self.rows,
+            self.failed,
+            self.input_tokens,
+            self.output_tokens,
+            self.attempts,
+            seconds,
+            if seconds > 0.0 { self.rows as f64 / seconds } else { 0.0 }
+        )
+    }
+}
+
+/// Loads `component`, or the embedded component when it is `None`.
+pub fn load_plugin(component: Option<&Path>, cache_dir: Option<&Path>) -> Result<Plugin, PluginError> {
+    match component {
+        Some(path) => Plugin::from_file(path, cache_dir),
+        None => Plugin::new(EMBEDDED_COMPONENT, cache_dir),
+    }
+}
+
+/// The models the component knows, asked of an instance that may send nothing.
+pub async fn list_models(plugin: &Plugin) -> Result<Vec<ModelInfo>, PluginError> {
+    let mut session = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
+    session.list_models().await
+}
+
+/// Runs the job. Every check happens before the first request: paths,
+/// config, credentials, and a full pass over the input.
+pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    Format::from_path(&options.input)?;
+    Format::from_path(&options.output)?;
+    if same_file(&options.input, &options.output) {
+        return Err(RunError::SameFile(options.output.display().to_string()));
+    }
+
+    let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref())?;
+    let config = options.job.component_config(&options.endpoints);
+    // An instance that can reach nothing answers the questions before a run.
+    let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
+    let problems = probe.check_config(&config).await?;
+    if !problems.is_empty() {
+        return Err(RunError::Config(problems));
+    }
+    let model = probe
+        .find_model(&options.job.generation_model)
+        .await?
+        .expect("check-config accepted the model, so the component finds it");
+    drop(probe);
+
+    let client = outbound::http_client();
+    let (destinations, local) = connections(options, &model, &client)?;
+    let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
+    let mut reader = Reader::open(&options.input, &survey, &options.job.input_column)?;
+    let mut writer = Writer::create(&options.output, &survey, &options.job.output_column)?;
+    let mut session = plugin.instantiate(Outbound::new(destinations, client), local).await?;
+
+    let mut summary = Summary::default();
+    while let Some(chunk) = reader.next_chunk(options.job.batch_size as usize)? {
+        let results = session.generate_batch(&config, &chunk.inputs).await?;
+        let outputs: Vec<Result<String, String>> = results
+            .into_iter()
+            .map(|result| match result {
+                Ok(generation) => {
+                    summary.input_tokens += u64::from(generation.input_tokens);
+                    summary.output_tokens += u64::from(generation.output_tokens);
+                    summary.attempts += u64::from(generation.attempts);
+                    Ok(generation.text)
+                }
+                Err(error) => {
+                    summary.failed += 1;
+                    Err(error.to_string())
+                }
+            })
+            .collect();
+        summary.rows += chunk.len() as u64;
+        writer.write_chunk(chunk, &outputs)?;
+    }
+    writer.finish()?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// The one destination this run may reach (the chosen provider's endpoint,
+/// with its key) and the local model.
+fn connections(
+    options: &RunOptions,
+    model: &ModelInfo,
+    client: &outbound::HttpClient,
+) -> Result<(Vec<Destination>, LocalModel), RunError> {
+    let endpoint = |name: &'static str, url: &str| {
+        Origin::parse(url).map_err(|message| RunError::Endpoint { name, url: url.to_string(), message })
+    };
+    let missing = |variable| RunError::MissingKey { variable, model: model.label.clone() };
+    match model.provider.as_str() {
+        "openai" => {
+            let key = options.keys.openai.as_deref().ok_or_else(|| missing("OPENAI_API_KEY"))?;
+            let origin = endpoint("OPENAI_BASE_URL", &options.endpoints.openai_base_url)?;
+            let destination = Destination::bearer(origin, Some(key))
+                .map_err(|message| RunError::Endpoint { name: "OPENAI_API_KEY", url: String::new(), message })?;
+            Ok((vec![destination], LocalModel::Unavailable))
+        }
+        "anthropic" => {
+            let key = options.keys.anthropic.as_deref().ok_or_else(|| missing("ANTHROPIC_API_KEY"))?;
+            let origin = endpoint("ANTHROPIC_BASE_URL", &options.endpoints.anthropic_base_url)?;
+            let destination = Destination::api_key(origin, Some(key))
+                .map_err(|message| RunError::Endpoint { name: "ANTHROPIC_API_KEY", url: String::new(), message })?;
+            Ok((vec![destination], LocalModel::Unavailable))
+        }
+        _ => {
+            let url = options.local_url.as_deref().ok_or_else(|| RunError::NoLocalModel { model: model.label.clone() })?;
+            endpoint("--local-url", url)?;
+            Ok((Vec::new(), LocalModel::Server(std::sync::Arc::new(ServerModel::new(url, client.clone())))))
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}

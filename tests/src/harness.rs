@@ -1,0 +1,62 @@
+//! Running the real `batchgen` binary in tests: where it is, and a clean
+//! environment so nothing of the developer's machine leaks into a test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The binary under test: `BATCHGEN_BIN`, else the debug build that
+/// `cargo xtask test` makes before running the suite.
+pub fn batchgen_bin() -> PathBuf {
+    let path = std::env::var_os("BATCHGEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/batchgen"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run the suite with `cargo xtask test` (or `cargo build -p batchgen` first)",
+        path.display()
+    );
+    path
+}
+
+/// Shared by every test so the component is compiled once per build.
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("test-component-cache")
+}
+
+/// `batchgen` with an empty environment but for the cache and `PATH`.
+pub fn batchgen() -> Command {
+    let mut command = Command::new(batchgen_bin());
+    command.env_clear().env("BATCHGEN_CACHE_DIR", cache_dir());
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command
+}
+
+/// The result of running `batchgen`, with its streams as text.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Ran {
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn run(command: &mut Command) -> Ran {
+    command.output().expect("batchgen starts").into()
+}
