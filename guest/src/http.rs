@@ -20,25 +20,33 @@ const MAX_BLOCKING_WRITE: usize = 4096;
 /// Why an attempt ended without a reply.
 pub enum Failure {
     Http(ErrorCode),
+    /// The reply broke off mid-body for a reason the host did not map to an
+    /// error code: a network fault, so worth another attempt.
+    CutOff(String),
+    /// The request could not be made at all: retrying cannot help.
     Other(String),
 }
 
-/// A request on the wire. Fields are declared so that each pollable drops
-/// before the resource it belongs to, as WASI requires.
+/// A request on the wire.
 pub enum InFlight {
     Head {
+        // Declared first so it drops before the future it watches.
         pollable: Pollable,
         future: FutureIncomingResponse,
     },
-    Body {
-        pollable: Pollable,
-        stream: InputStream,
-        body: IncomingBody,
-        response: IncomingResponse,
-        status: u16,
-        headers: Vec<(String, Vec<u8>)>,
-        bytes: Vec<u8>,
-    },
+    Body(Reading),
+}
+
+/// A reply whose body is arriving. Fields drop in declaration order, which
+/// is the order WASI requires: each child before its parent.
+pub struct Reading {
+    pollable: Pollable,
+    stream: InputStream,
+    body: IncomingBody,
+    response: IncomingResponse,
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    bytes: Vec<u8>,
 }
 
 pub enum Step {
@@ -93,7 +101,8 @@ impl InFlight {
 
     pub fn pollable(&self) -> &Pollable {
         match self {
-            InFlight::Head { pollable, .. } | InFlight::Body { pollable, .. } => pollable,
+            InFlight::Head { pollable, .. } => pollable,
+            InFlight::Body(reading) => &reading.pollable,
         }
     }
 
@@ -118,31 +127,31 @@ impl InFlight {
                 let Ok(stream) = body.stream() else {
                     return Step::Done(Err(Failure::Other("response body stream taken twice".into())));
                 };
-                InFlight::Body { pollable: stream.subscribe(), stream, body, response, status, headers, bytes: Vec::new() }
-                    .advance()
+                let reading = Reading { pollable: stream.subscribe(), stream, body, response, status, headers, bytes: Vec::new() };
+                InFlight::Body(reading).advance()
             }
-            InFlight::Body { pollable, stream, body, response, status, headers, mut bytes } => loop {
-                match stream.read(64 * 1024) {
-                    Ok(chunk) if chunk.is_empty() => {
-                        return Step::Pending(InFlight::Body { pollable, stream, body, response, status, headers, bytes });
-                    }
+            InFlight::Body(mut reading) => loop {
+                match reading.stream.read(64 * 1024) {
+                    Ok(chunk) if chunk.is_empty() => return Step::Pending(InFlight::Body(reading)),
                     Ok(chunk) => {
-                        bytes.extend_from_slice(&chunk);
-                        if bytes.len() > MAX_REPLY_BYTES {
-                            return Step::Done(Err(Failure::Http(ErrorCode::HttpResponseBodySize(Some(bytes.len() as u64)))));
+                        reading.bytes.extend_from_slice(&chunk);
+                        if reading.bytes.len() > MAX_REPLY_BYTES {
+                            let size = reading.bytes.len() as u64;
+                            return Step::Done(Err(Failure::Http(ErrorCode::HttpResponseBodySize(Some(size)))));
                         }
                     }
                     Err(StreamError::Closed) => {
-                        drop(pollable);
-                        drop(stream);
-                        drop(IncomingBody::finish(body));
-                        drop(response);
-                        return Step::Done(Ok(HttpReply { status, headers, body: bytes }));
+                        let reply = HttpReply {
+                            status: reading.status,
+                            headers: std::mem::take(&mut reading.headers),
+                            body: std::mem::take(&mut reading.bytes),
+                        };
+                        return Step::Done(Ok(reply));
                     }
                     Err(StreamError::LastOperationFailed(error)) => {
                         let failure = match wasip2::http::types::http_error_code(&error) {
                             Some(code) => Failure::Http(code),
-                            None => Failure::Other(format!("reading the reply failed: {}", error.to_debug_string())),
+                            None => Failure::CutOff(format!("reading the reply failed: {}", error.to_debug_string())),
                         };
                         return Step::Done(Err(failure));
                     }
@@ -157,6 +166,7 @@ impl InFlight {
 pub fn transport_verdict(failure: Failure) -> Verdict {
     let code = match failure {
         Failure::Other(message) => return Verdict::Done(Err(RowError::Transport(message))),
+        Failure::CutOff(message) => return Verdict::Retry { error: RowError::Transport(message), after_ns: None },
         Failure::Http(code) => code,
     };
     let retry = |error| Verdict::Retry { error, after_ns: None };

@@ -59,8 +59,11 @@ impl JobFile {
         let mut deserializer = serde_json::Deserializer::from_str(&text);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let field = error.path().to_string();
-            let message = error.into_inner().to_string();
-            if field.is_empty() || field == "." {
+            let inner = error.into_inner();
+            // Broken JSON has no field to blame, only a line and column.
+            let syntax = inner.is_syntax() || inner.is_eof();
+            let message = inner.to_string();
+            if syntax || field.is_empty() || field == "." {
                 ConfigError::Parse { path: shown, message }
             } else {
                 ConfigError::Field { path: shown, field, message }

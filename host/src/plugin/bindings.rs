@@ -16,9 +16,9 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use batchgen::plugin::local_model::{LocalCompletion, LocalRequest};
-pub use batchgen::plugin::types::{Config, ConfigProblem, Endpoints, Generation, ProviderError, RowError};
-pub use exports::batchgen::plugin::batch_generator::ModelInfo;
+pub use self::batchgen::plugin::local_model::{LocalCompletion, LocalRequest};
+pub use self::batchgen::plugin::types::{Config, ConfigProblem, Endpoints, Generation, ProviderError, RowError};
+pub use self::exports::batchgen::plugin::batch_generator::ModelInfo;
 
 impl std::fmt::Display for RowError {
     /// `kind: message`, the form written to a row's error column.
