@@ -15,6 +15,13 @@ use wasip2::io::poll;
 const BACKOFF_BASE_NS: u64 = 500_000_000;
 /// ...up to this cap, as the official SDKs do.
 const BACKOFF_CAP_NS: u64 = 8_000_000_000;
+/// The request timeout goes to the host as `wasi:http` request options,
+/// which a host applies once it actually sends (after any rate-limit
+/// queueing). The component's own deadline is only a backstop for hosts
+/// that ignore those options, so it allows for queueing.
+fn backstop_ns(timeout_ns: u64) -> u64 {
+    timeout_ns.saturating_mul(2).saturating_add(1_000_000_000)
+}
 
 struct Flight {
     row: usize,
@@ -66,7 +73,7 @@ pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<G
             match InFlight::start(&requests[row], plan.request_timeout_ns) {
                 Ok(request) => flights.push(Flight {
                     row,
-                    deadline: now.saturating_add(plan.request_timeout_ns),
+                    deadline: now.saturating_add(backstop_ns(plan.request_timeout_ns)),
                     request,
                 }),
                 Err(failure) => settle(row, transport_verdict(failure), &attempts, &mut backing_off),

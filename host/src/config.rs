@@ -48,6 +48,10 @@ pub struct JobFile {
     pub max_attempts: Option<u32>,
     /// Per-request deadline in seconds.
     pub request_timeout: Option<f64>,
+    /// Ceiling on requests started per minute.
+    pub max_rpm: Option<u32>,
+    /// Ceiling on tokens (prompt estimate plus max_tokens) per minute.
+    pub max_tpm: Option<u32>,
 }
 
 impl JobFile {
@@ -85,6 +89,8 @@ impl JobFile {
             model_id: overrides.model_id.or(self.model_id),
             max_attempts: overrides.max_attempts.or(self.max_attempts),
             request_timeout: overrides.request_timeout.or(self.request_timeout),
+            max_rpm: overrides.max_rpm.or(self.max_rpm),
+            max_tpm: overrides.max_tpm.or(self.max_tpm),
         }
     }
 }
@@ -103,6 +109,8 @@ pub struct Job {
     pub model_id: Option<String>,
     pub max_attempts: u32,
     pub request_timeout: Duration,
+    pub max_rpm: Option<u32>,
+    pub max_tpm: Option<u32>,
 }
 
 impl Job {
@@ -126,6 +134,8 @@ impl Job {
             model_id: file.model_id,
             max_attempts: file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             request_timeout,
+            max_rpm: file.max_rpm.filter(|&n| n > 0),
+            max_tpm: file.max_tpm.filter(|&n| n > 0),
         })
     }
 

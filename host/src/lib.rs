@@ -10,5 +10,6 @@ pub mod config;
 pub mod dataset;
 pub mod local;
 pub mod outbound;
+pub mod pace;
 pub mod plugin;
 pub mod run;

@@ -78,6 +78,12 @@ struct RunArgs {
     /// Per-request deadline in seconds [default: 600].
     #[arg(long, value_name = "SECONDS")]
     request_timeout: Option<f64>,
+    /// Ceiling on requests started per minute, for users who know their tier.
+    #[arg(long, value_name = "N")]
+    max_rpm: Option<u32>,
+    /// Ceiling on tokens per minute (prompt estimate plus max_tokens per request).
+    #[arg(long, value_name = "N")]
+    max_tpm: Option<u32>,
     /// OpenAI-compatible server (vLLM, llama.cpp, Ollama) for `Local`, e.g. http://localhost:8000/v1.
     #[arg(long, value_name = "URL", env = "BATCHGEN_LOCAL_URL")]
     local_url: Option<String>,
@@ -109,6 +115,8 @@ impl RunArgs {
             model_id: self.model_id,
             max_attempts: self.max_attempts,
             request_timeout: self.request_timeout,
+            max_rpm: self.max_rpm,
+            max_tpm: self.max_tpm,
         };
         let job = Job::from_file(file.merge(flags))?;
         Ok(RunOptions {

@@ -14,6 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use crate::pace::Pacer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +22,8 @@ use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, Forbidde
 
 /// Header names a guest may never set: credentials are the host's to add.
 const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
-/// Used when the component sets no first-byte timeout: the official SDKs'
-/// ten minutes.
-const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Used when the component sets no timeout: the official SDKs' ten minutes.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Scheme, host and port: what the allowlist compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,17 +112,20 @@ pub fn http_client() -> HttpClient {
 pub struct Outbound {
     destinations: Arc<[Destination]>,
     client: HttpClient,
+    pacer: Arc<Pacer>,
 }
 
 impl Outbound {
-    pub fn new(destinations: Vec<Destination>, client: HttpClient) -> Outbound {
-        Outbound { destinations: destinations.into(), client }
+    /// Hooks allowing `destinations`, sending through `client` at the pace
+    /// `pacer` sets. Clones share all three: one run, one pool, one pace.
+    pub fn new(destinations: Vec<Destination>, client: HttpClient, pacer: Arc<Pacer>) -> Outbound {
+        Outbound { destinations: destinations.into(), client, pacer }
     }
 
     /// Hooks that deny every request: for instances that only answer
     /// questions (`check-config`, `list-models`).
     pub fn deny_all() -> Outbound {
-        Outbound::new(Vec::new(), http_client())
+        Outbound::new(Vec::new(), http_client(), Pacer::new(Default::default()))
     }
 
     /// Checks the request against the allowlist and adds its credential.
@@ -168,19 +171,82 @@ impl WasiHttpHooks for Outbound {
         drop(fut);
         let decision = self.authorize(&mut request);
         let client = self.client.clone();
-        let first_byte = options.and_then(|o| o.first_byte_timeout).unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
+        let pacer = Arc::clone(&self.pacer);
+        // The component passes its per-request timeout as the first-byte
+        // timeout; here it bounds the whole exchange, body included.
+        let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         Box::new(async move {
             decision?;
-            let response = tokio::time::timeout(first_byte, client.request(request))
+            let (request, tokens) = if pacer.counts_tokens() { estimate_tokens(request).await? } else { (request, 0) };
+            let permit = pacer.admit(tokens).await;
+            // The deadline runs from admission: time spent waiting on the
+            // pacer is not the provider's.
+            let deadline = tokio::time::Instant::now() + timeout;
+            let response = tokio::time::timeout_at(deadline, client.request(request))
                 .await
                 .map_err(|_| HttpError::HttpResponseTimeout)?
                 .map_err(client_error)?;
-            let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+            pacer.observe(response.status().as_u16(), response.headers(), permit.admitted_at());
+            drop(permit);
+            let response = response.map(|body| {
+                Deadline { inner: body.map_err(HttpError::from), sleep: Box::pin(tokio::time::sleep_until(deadline)) }
+                    .boxed_unsync()
+            });
             // The pool drives connections on its own tasks: nothing to await.
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
             Ok((response, done))
         })
     }
+}
+
+/// A response body that fails once its request's deadline passes, so a
+/// server that stalls mid-body cannot hold a row past its timeout.
+struct Deadline<B> {
+    inner: B,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = HttpError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a request counts against a tokens-per-minute limit, as the
+/// providers' limiters count it: the prompt (about four bytes a token) plus
+/// the most it may generate. Reads the body, which the component wrote
+/// whole before sending, and puts it back.
+async fn estimate_tokens(request: http::Request<WasiBody>) -> Result<(http::Request<WasiBody>, u32), HttpError> {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let max_tokens = value["max_tokens"].as_u64().or_else(|| value["max_completion_tokens"].as_u64()).unwrap_or(0);
+    let tokens = (bytes.len() as u64 / 4).saturating_add(max_tokens);
+    Ok((http::Request::from_parts(parts, full_body(bytes)), u32::try_from(tokens).unwrap_or(u32::MAX)))
 }
 
 /// Maps a pooled-client failure to the `wasi:http` error the guest sees.

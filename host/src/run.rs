@@ -2,13 +2,21 @@
 //! generate, write every row back in place with its output or its error.
 
 use crate::config::{ApiKeys, Job, ProviderEndpoints};
-use crate::dataset::{self, DatasetError, Format, Reader, Writer};
+use crate::dataset::{self, Chunk, DatasetError, Format, Reader, Writer};
 use crate::local::{LocalModel, ServerModel};
 use crate::outbound::{self, Destination, Origin, Outbound};
-use crate::plugin::bindings::{ConfigProblem, ModelInfo};
-use crate::plugin::{cache, Plugin, PluginError, EMBEDDED_COMPONENT};
+use crate::pace::{PaceSettings, Pacer};
+use crate::plugin::bindings::{Config, ConfigProblem, Generation, ModelInfo, RowError};
+use crate::plugin::{cache, Plugin, PluginError, Session, EMBEDDED_COMPONENT};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Batches in flight at once. With two, the next batch's requests are
+/// already queued at the pacer while the previous batch's slowest ones
+/// finish, so the concurrency limit stays full between batches; outputs are
+/// still written strictly in order.
+const BATCH_WINDOW: usize = 2;
 
 /// Everything a run needs besides the job's parameters.
 #[derive(Debug, Clone)]
@@ -72,8 +80,12 @@ pub struct Summary {
     pub failed: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    /// Requests made, retries included.
+    /// Requests made for successful rows, retries included.
     pub attempts: u64,
+    /// Times a 429 or an overload cut the concurrency limit.
+    pub rate_limit_cuts: u64,
+    /// The lowest concurrency limit of the run.
+    pub lowest_concurrency: usize,
     pub elapsed: Duration,
 }
 
@@ -82,12 +94,14 @@ impl std::fmt::Display for Summary {
         let seconds = self.elapsed.as_secs_f64();
         write!(
             f,
-            "{} rows, {} failed, tokens in {} / out {}, {} requests, {:.2} s ({:.1} rows/s)",
+            "{} rows, {} failed, tokens in {} / out {}, {} requests, {} rate-limit cuts (lowest concurrency {}), {:.2} s ({:.1} rows/s)",
             self.rows,
             self.failed,
             self.input_tokens,
             self.output_tokens,
             self.attempts,
+            self.rate_limit_cuts,
+            self.lowest_concurrency,
             seconds,
             if seconds > 0.0 { self.rows as f64 / seconds } else { 0.0 }
         )
@@ -137,12 +151,30 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
     let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
     let mut reader = Reader::open(&options.input, &survey, &options.job.input_column)?;
     let mut writer = Writer::create(&options.output, &survey, &options.job.output_column)?;
-    let mut session = plugin.instantiate(Outbound::new(destinations, client), local).await?;
+    let pacer = Pacer::new(PaceSettings {
+        max_concurrency: options.job.batch_size as usize,
+        max_requests_per_minute: options.job.max_rpm,
+        max_tokens_per_minute: options.job.max_tpm,
+    });
+    let outbound = Outbound::new(destinations, client, std::sync::Arc::clone(&pacer));
+    let mut idle = Vec::with_capacity(BATCH_WINDOW);
+    for _ in 0..BATCH_WINDOW {
+        idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
+    }
 
     let mut summary = Summary::default();
-    while let Some(chunk) = reader.next_chunk(options.job.batch_size as usize)? {
-        let results = session.generate_batch(&config, &chunk.inputs).await?;
-        let outputs: Vec<Result<String, String>> = results
+    let mut batches: VecDeque<BatchTask> = VecDeque::new();
+    let mut exhausted = false;
+    loop {
+        while !exhausted && !idle.is_empty() {
+            match reader.next_chunk(options.job.batch_size as usize)? {
+                Some(chunk) => batches.push_back(BatchTask::spawn(idle.pop().unwrap(), config.clone(), chunk)),
+                None => exhausted = true,
+            }
+        }
+        let Some(batch) = batches.pop_front() else { break };
+        let (session, chunk, results) = batch.finish().await;
+        let outputs: Vec<Result<String, String>> = results?
             .into_iter()
             .map(|result| match result {
                 Ok(generation) => {
@@ -159,7 +191,11 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
             .collect();
         summary.rows += chunk.len() as u64;
         writer.write_chunk(chunk, &outputs)?;
+        idle.push(session);
     }
+    let pace = pacer.stats();
+    summary.rate_limit_cuts = pace.cuts;
+    summary.lowest_concurrency = pace.lowest_limit;
     writer.finish()?;
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -196,6 +232,33 @@ fn connections(
             endpoint("--local-url", url)?;
             Ok((Vec::new(), LocalModel::Server(std::sync::Arc::new(ServerModel::new(url, client.clone())))))
         }
+    }
+}
+
+type BatchResults = Result<Vec<Result<Generation, RowError>>, PluginError>;
+
+/// A batch being generated on its own task, aborted if the run ends early.
+struct BatchTask(tokio::task::JoinHandle<(Session, Chunk, BatchResults)>);
+
+impl BatchTask {
+    fn spawn(mut session: Session, config: Config, chunk: Chunk) -> BatchTask {
+        BatchTask(tokio::spawn(async move {
+            let results = session.generate_batch(&config, &chunk.inputs).await;
+            (session, chunk, results)
+        }))
+    }
+
+    async fn finish(mut self) -> (Session, Chunk, BatchResults) {
+        match (&mut self.0).await {
+            Ok(done) => done,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+}
+
+impl Drop for BatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -84,6 +84,14 @@ pub struct ServerOptions {
     pub hold_until_in_flight: Option<usize>,
     /// Random retryable faults.
     pub faults: FaultPlan,
+    /// When `Some(n)`, a generation request arriving while `n` others are
+    /// already being handled gets a 429 (`rate_limit_exceeded` /
+    /// `rate_limit_error`), as a provider enforcing a concurrency limit would.
+    pub max_concurrent: Option<usize>,
+    /// When `Some((n, reset))`, every `n`-th successful OpenAI answer says
+    /// the request budget is spent: `x-ratelimit-remaining-requests: 0` and
+    /// `x-ratelimit-reset-requests` of `reset`.
+    pub exhaust_every: Option<(u32, Duration)>,
 }
 
 /// Random *retryable* faults on generation requests. Each rate is the
@@ -125,6 +133,8 @@ pub struct RecordedRequest {
     pub raw_body: String,
     /// The body parsed as JSON, `Null` if it is not JSON.
     pub body: Value,
+    /// When the request (its whole body) had arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -145,6 +155,7 @@ impl RecordedRequest {
             headers,
             raw_body: String::from_utf8_lossy(raw).into_owned(),
             body: serde_json::from_slice(raw).unwrap_or(Value::Null),
+            received_at: std::time::Instant::now(),
         }
     }
 
@@ -193,6 +204,7 @@ impl ProviderServer {
             log: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            successes: AtomicUsize::new(0),
             released: watch::Sender::new(false),
         });
         let (stop, stopped) = oneshot::channel();
@@ -260,6 +272,8 @@ struct Shared {
     log: Mutex<Log>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Successful generation answers, for `exhaust_every`.
+    successes: AtomicUsize,
     /// Becomes `true`, for good, once `hold_until_in_flight` is reached.
     released: watch::Sender<bool>,
 }
@@ -303,7 +317,7 @@ impl Shared {
 
 /// Counts a request as in flight for as long as it is alive, including
 /// when hyper drops it half-way.
-struct InFlight<'a>(&'a Shared);
+struct InFlight<'a>(&'a Shared, usize);
 
 impl<'a> InFlight<'a> {
     fn enter(shared: &'a Shared) -> Self {
@@ -316,7 +330,7 @@ impl<'a> InFlight<'a> {
         {
             shared.released.send_replace(true);
         }
-        InFlight(shared)
+        InFlight(shared, now)
     }
 }
 
@@ -370,7 +384,7 @@ enum Answer {
 }
 
 async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Response<ReplyBody>> {
-    let _in_flight = InFlight::enter(&shared);
+    let in_flight = InFlight::enter(&shared);
     let (head, body) = request.into_parts();
     let raw = body.collect().await.map_err(io::Error::other)?.to_bytes();
     let request = RecordedRequest::new(&head, &raw);
@@ -381,8 +395,17 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
     if !shared.options.latency.is_zero() {
         tokio::time::sleep(shared.options.latency).await;
     }
-    match decide(&shared.options, &request, attempt) {
-        Answer::Reply(reply) => Ok(response(reply, false)),
+    let over_limit = shared.options.max_concurrent.is_some_and(|n| in_flight.1 > n);
+    match decide(&shared.options, &request, attempt, over_limit) {
+        Answer::Reply(mut reply) => {
+            if let Some((n, reset)) = shared.options.exhaust_every {
+                let generated = reply.status == 200 && request.method == "POST" && request.path == "/v1/chat/completions";
+                if generated && (shared.successes.fetch_add(1, Ordering::SeqCst) + 1) % n as usize == 0 {
+                    reply.exhaust_requests(reset);
+                }
+            }
+            Ok(response(reply, false))
+        }
         Answer::Truncated(reply) => Ok(response(reply, true)),
         // An error from the service makes hyper drop the connection unanswered.
         Answer::Reset => Err(io::Error::new(
@@ -395,7 +418,7 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
 
 /// The answer to the `attempt`-th request for this request's row: a pure
 /// function, so the same inputs always get the same answer.
-fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32) -> Answer {
+fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over_limit: bool) -> Answer {
     let (path, row) = request.row_key();
     let seed = faults::fnv1a(&format!("{path}\n{row}")) ^ u64::from(attempt);
     let id = format!(
@@ -451,6 +474,7 @@ fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32) -> A
     let model = request.body["model"].as_str().unwrap_or_default();
     let success = || Completion::echo(api, &request.body).reply(api, model, &id);
     let fault = faults::directive(&row, attempt)
+        .or_else(|| over_limit.then_some(Fault::Status(429)))
         .or_else(|| options.faults.draw(&format!("{path}\n{row}"), attempt));
     match fault {
         None => Answer::Reply(success()),

@@ -4,6 +4,7 @@
 //! - `setup`: the wasm32-wasip2 target (and, later, model files).
 //! - `test`: set-up, then the whole suite (host, integration, guest units).
 //! - `example`: set-up, then the main job on the bundled example dataset.
+//! - `bench`: the throughput benchmark (see `bench` below and the README).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -14,7 +15,8 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "test" => setup().and_then(|()| test()),
         "example" => setup().and_then(|()| example()),
-        _ => Err("usage: cargo xtask setup|test|example".to_string()),
+        "bench" => setup().and_then(|()| bench(std::env::args().skip(2).collect())),
+        _ => Err("usage: cargo xtask setup|test|example|bench".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,6 +91,96 @@ fn example() -> Result<(), String> {
     Ok(())
 }
 
+/// Throughput benchmark: `rows` rows through the release binary at
+/// `batch` requests in flight against the stand-in server answering after
+/// `latency_ms`. Reports rows/s, the ratio to the ideal
+/// `rows / batch × latency`, host CPU per row and peak RSS, measured on the
+/// batchgen process alone (the server runs in its own process).
+///
+/// `cargo xtask bench [ROWS] [BATCH] [LATENCY_MS]`, default 3000 128 200.
+fn bench(args: Vec<String>) -> Result<(), String> {
+    let number = |i: usize, default: u64| args.get(i).map_or(Ok(default), |a| a.parse::<u64>().map_err(|e| format!("{a}: {e}")));
+    let (rows, batch, latency_ms) = (number(0, 3000)?, number(1, 128)?, number(2, 200)?);
+    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "provider-server"]))?;
+    let release = root().join("target/release");
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let input = dir.join(format!("input-{rows}.jsonl"));
+    let mut text = String::new();
+    for i in 0..rows {
+        text.push_str(&format!("{{\"id\": {i}, \"prompt\": \"Write one sentence about the number {i}.\"}}\n"));
+    }
+    std::fs::write(&input, text).map_err(|e| e.to_string())?;
+
+    let mut server = StandIn::start_with(&release.join("provider-server"), &["--latency-ms", &latency_ms.to_string()])?;
+    let measure = |rows_in: &std::path::Path| -> Result<Measured, String> {
+        let mut command = Command::new(release.join("batchgen"));
+        command
+            .args(["run", "--input"])
+            .arg(rows_in)
+            .arg("--output")
+            .arg(dir.join("output.jsonl"))
+            .args(["--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer"])
+            .args(["--batch-size", &batch.to_string()])
+            .env("OPENAI_BASE_URL", &server.openai_base_url)
+            .env("OPENAI_API_KEY", "bench-key")
+            .env("BATCHGEN_CACHE_DIR", dir.join("component-cache"))
+            .stderr(Stdio::null());
+        Measured::run(&mut command)
+    };
+    // Warm the compiled-component cache so the figures are a steady run's.
+    let warm_up = dir.join("warm-up.jsonl");
+    std::fs::write(&warm_up, "{\"prompt\": \"hi\"}\n").map_err(|e| e.to_string())?;
+    measure(&warm_up)?;
+    let result = measure(&input);
+    server.stop();
+    let measured = result?;
+
+    let ideal = rows as f64 / batch as f64 * latency_ms as f64 / 1000.0;
+    println!("rows {rows}, batch size {batch}, server latency {latency_ms} ms");
+    println!("wall time        {:.3} s (ideal {ideal:.3} s)", measured.wall);
+    println!("rows/s           {:.1}", rows as f64 / measured.wall);
+    println!("ratio to ideal   {:.3}", ideal / measured.wall);
+    println!("CPU per row      {:.3} ms (user {:.3} s + sys {:.3} s)", (measured.user + measured.system) * 1000.0 / rows as f64, measured.user, measured.system);
+    println!("peak RSS         {:.1} MiB", measured.max_rss_kib as f64 / 1024.0);
+    if measured.exit != 0 {
+        return Err(format!("batchgen exited with {}", measured.exit));
+    }
+    Ok(())
+}
+
+/// A child process's wall time and resource usage.
+struct Measured {
+    wall: f64,
+    user: f64,
+    system: f64,
+    max_rss_kib: i64,
+    exit: i32,
+}
+
+impl Measured {
+    fn run(command: &mut Command) -> Result<Measured, String> {
+        let started = std::time::Instant::now();
+        let child = command.spawn().map_err(|e| format!("could not start {command:?}: {e}"))?;
+        let mut status = 0;
+        // SAFETY: rusage is plain data, zeroed is a valid value; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+        let wall = started.elapsed().as_secs_f64();
+        if pid < 0 {
+            return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+        }
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Ok(Measured {
+            wall,
+            user: seconds(usage.ru_utime),
+            system: seconds(usage.ru_stime),
+            max_rss_kib: usage.ru_maxrss,
+            exit: if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 },
+        })
+    }
+}
+
 struct StandIn {
     child: Child,
     openai_base_url: String,
@@ -96,7 +188,12 @@ struct StandIn {
 
 impl StandIn {
     fn start(binary: &Path) -> Result<StandIn, String> {
+        StandIn::start_with(binary, &[])
+    }
+
+    fn start_with(binary: &Path, args: &[&str]) -> Result<StandIn, String> {
         let mut child = Command::new(binary)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("could not start {}: {e}", binary.display()))?;

@@ -32,6 +32,13 @@ impl Reply {
         }
     }
 
+    /// Marks this answer as spending the last request of the budget.
+    pub(super) fn exhaust_requests(&mut self, reset: Duration) {
+        self.headers.retain(|(name, _)| name != "x-ratelimit-remaining-requests" && name != "x-ratelimit-reset-requests");
+        self.headers.push(("x-ratelimit-remaining-requests".into(), "0".into()));
+        self.headers.push(("x-ratelimit-reset-requests".into(), format!("{}ms", reset.as_millis())));
+    }
+
     fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
