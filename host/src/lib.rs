@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod journal;
 pub mod local;
 pub mod outbound;
 pub mod pace;

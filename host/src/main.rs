@@ -93,6 +93,10 @@ struct RunArgs {
     /// Base URL of the Anthropic API [env: ANTHROPIC_BASE_URL; default: https://api.anthropic.com].
     #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = batchgen::config::DEFAULT_ANTHROPIC_BASE_URL, hide_default_value = true, value_name = "URL")]
     anthropic_base_url: String,
+    /// Ignore and discard the work saved for OUTPUT by earlier runs
+    /// (its `.batchgen-journal` file) and generate every row again.
+    #[arg(long)]
+    fresh: bool,
     #[command(flatten)]
     component: ComponentArgs,
 }
@@ -131,6 +135,7 @@ impl RunArgs {
             local_url: self.local_url,
             component: self.component.component,
             cache_dir: cache::default_dir(),
+            fresh: self.fresh,
         })
     }
 }

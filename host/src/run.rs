@@ -6,9 +6,11 @@ use crate::dataset::{self, Chunk, DatasetError, Format, Reader, Writer};
 use crate::local::{LocalModel, ServerModel};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::pace::{PaceSettings, Pacer};
-use crate::plugin::bindings::{Config, ConfigProblem, Generation, ModelInfo, RowError};
+use crate::plugin::bindings::{ConfigProblem, Generation, ModelInfo, RowError};
 use crate::plugin::{cache, Plugin, PluginError, Session, EMBEDDED_COMPONENT};
-use std::collections::VecDeque;
+use crate::journal::{Journal, JournalError, Saved, WorkKey, WorkParams};
+use std::collections::BTreeMap;
+use tokio::task::JoinSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ pub struct RunOptions {
     pub component: Option<PathBuf>,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Ignore (and discard) work saved by earlier runs for this output.
+    pub fresh: bool,
 }
 
 impl RunOptions {
@@ -47,6 +51,7 @@ impl RunOptions {
             local_url: None,
             component: None,
             cache_dir: cache::default_dir(),
+            fresh: false,
         }
     }
 }
@@ -67,6 +72,10 @@ pub enum RunError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("saved work for row {row} could not be read back from the journal")]
+    SavedWorkLost { row: u64 },
 }
 
 fn list(problems: &[ConfigProblem]) -> String {
@@ -80,6 +89,8 @@ pub struct Summary {
     pub failed: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Rows taken from work saved by an earlier run: no request sent.
+    pub reused: u64,
     /// Requests made for successful rows, retries included.
     pub attempts: u64,
     /// Times a 429 or an overload cut the concurrency limit.
@@ -94,9 +105,10 @@ impl std::fmt::Display for Summary {
         let seconds = self.elapsed.as_secs_f64();
         write!(
             f,
-            "{} rows, {} failed, tokens in {} / out {}, {} requests, {} rate-limit cuts (lowest concurrency {}), {:.2} s ({:.1} rows/s)",
+            "{} rows, {} failed, {} reused from saved work, tokens in {} / out {}, {} requests, {} rate-limit cuts (lowest concurrency {}), {:.2} s ({:.1} rows/s)",
             self.rows,
             self.failed,
+            self.reused,
             self.input_tokens,
             self.output_tokens,
             self.attempts,
@@ -149,6 +161,19 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
     let client = outbound::http_client();
     let (destinations, local) = connections(options, &model, &client)?;
     let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
+    let mut journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
+    let params = WorkParams {
+        provider: model.provider.clone(),
+        model_id: match (&options.job.model_id, &options.local_url) {
+            (Some(id), _) => id.clone(),
+            (None, Some(url)) if model.provider == "local" => format!("server:{url}"),
+            (None, _) => model.model_id.clone(),
+        },
+        system_prompt: options.job.system_prompt.clone(),
+        temperature: options.job.temperature,
+        top_p: options.job.top_p,
+        max_tokens: options.job.max_tokens,
+    };
     let mut reader = Reader::open(&options.input, &survey, &options.job.input_column)?;
     let mut writer = Writer::create(&options.output, &survey, &options.job.output_column)?;
     let pacer = Pacer::new(PaceSettings {
@@ -163,20 +188,99 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
     }
 
     let mut summary = Summary::default();
-    let mut batches: VecDeque<BatchTask> = VecDeque::new();
-    let mut exhausted = false;
+    // Batches read but not yet written, by sequence number; a batch's
+    // results arrive in any order but are written strictly in order.
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let mut tasks: JoinSet<(u64, Session, BatchResults)> = JoinSet::new();
+    let (mut next_seq, mut exhausted) = (0u64, false);
     loop {
-        while !exhausted && !idle.is_empty() {
-            match reader.next_chunk(options.job.batch_size as usize)? {
-                Some(chunk) => batches.push_back(BatchTask::spawn(idle.pop().unwrap(), config.clone(), chunk)),
-                None => exhausted = true,
-            }
+        while !exhausted && pending.len() < BATCH_WINDOW && !idle.is_empty() {
+            let Some(chunk) = reader.next_chunk(options.job.batch_size as usize)? else {
+                exhausted = true;
+                break;
+            };
+            let keys: Vec<WorkKey> = chunk.inputs.iter().map(|input| params.key(input)).collect();
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| !journal.contains(&keys[i])).collect();
+            let results = if missing.is_empty() {
+                Some(Vec::new())
+            } else {
+                let inputs: Vec<String> = missing.iter().map(|&i| chunk.inputs[i].clone()).collect();
+                let (mut session, config, seq) = (idle.pop().unwrap(), config.clone(), next_seq);
+                tasks.spawn(async move {
+                    let results = session.generate_batch(&config, &inputs).await;
+                    (seq, session, results)
+                });
+                None
+            };
+            pending.insert(next_seq, Pending { chunk, keys, missing, results });
+            next_seq += 1;
         }
-        let Some(batch) = batches.pop_front() else { break };
-        let (session, chunk, results) = batch.finish().await;
-        let outputs: Vec<Result<String, String>> = results?
-            .into_iter()
-            .map(|result| match result {
+        while pending.first_key_value().is_some_and(|(_, batch)| batch.results.is_some()) {
+            let (_, batch) = pending.pop_first().unwrap();
+            write_batch(batch, &journal, &mut writer, &mut summary)?;
+        }
+        if pending.is_empty() {
+            if exhausted {
+                break;
+            }
+            continue;
+        }
+        let joined = tasks.join_next().await.expect("an unwritten batch has a task");
+        let (seq, session, results) = joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        let results = results?;
+        let batch = pending.get_mut(&seq).expect("a task belongs to a pending batch");
+        // Durable before anything else happens: a kill from here on repeats
+        // none of these rows.
+        let saved: Vec<(WorkKey, Saved)> = batch
+            .missing
+            .iter()
+            .zip(&results)
+            .filter_map(|(&row, result)| result.as_ref().ok().map(|g| (batch.keys[row], saved(g))))
+            .collect();
+        journal.append(&saved)?;
+        batch.results = Some(results);
+        idle.push(session);
+    }
+    let pace = pacer.stats();
+    summary.rate_limit_cuts = pace.cuts;
+    summary.lowest_concurrency = pace.lowest_limit;
+    writer.finish()?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+type BatchResults = Result<Vec<Result<Generation, RowError>>, PluginError>;
+
+/// A batch read from the input and not yet written.
+struct Pending {
+    chunk: Chunk,
+    keys: Vec<WorkKey>,
+    /// Rows with no saved work, in the order they were sent.
+    missing: Vec<usize>,
+    /// Results for `missing`, once its task is done.
+    results: Option<Vec<Result<Generation, RowError>>>,
+}
+
+fn saved(generation: &Generation) -> Saved {
+    Saved {
+        text: generation.text.clone(),
+        finish_reason: generation.finish_reason.clone(),
+        input_tokens: generation.input_tokens,
+        output_tokens: generation.output_tokens,
+        attempts: generation.attempts,
+    }
+}
+
+/// Writes a finished batch: new results where rows were sent, saved work
+/// everywhere else.
+fn write_batch(batch: Pending, journal: &Journal, writer: &mut Writer, summary: &mut Summary) -> Result<(), RunError> {
+    let Pending { chunk, keys, missing, results } = batch;
+    let mut fresh = results.expect("only finished batches are written").into_iter();
+    let mut missing = missing.into_iter().peekable();
+    let mut outputs = Vec::with_capacity(chunk.len());
+    for (row, key) in keys.iter().enumerate() {
+        let output = if missing.next_if_eq(&row).is_some() {
+            match fresh.next().expect("one result per sent row") {
                 Ok(generation) => {
                     summary.input_tokens += u64::from(generation.input_tokens);
                     summary.output_tokens += u64::from(generation.output_tokens);
@@ -187,18 +291,17 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
                     summary.failed += 1;
                     Err(error.to_string())
                 }
-            })
-            .collect();
-        summary.rows += chunk.len() as u64;
-        writer.write_chunk(chunk, &outputs)?;
-        idle.push(session);
+            }
+        } else {
+            summary.reused += 1;
+            let saved = journal.get(key)?.ok_or_else(|| RunError::SavedWorkLost { row: chunk.first_row + row as u64 + 1 })?;
+            Ok(saved.text)
+        };
+        outputs.push(output);
     }
-    let pace = pacer.stats();
-    summary.rate_limit_cuts = pace.cuts;
-    summary.lowest_concurrency = pace.lowest_limit;
-    writer.finish()?;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    summary.rows += chunk.len() as u64;
+    writer.write_chunk(chunk, &outputs)?;
+    Ok(())
 }
 
 /// The one destination this run may reach (the chosen provider's endpoint,
@@ -232,33 +335,6 @@ fn connections(
             endpoint("--local-url", url)?;
             Ok((Vec::new(), LocalModel::Server(std::sync::Arc::new(ServerModel::new(url, client.clone())))))
         }
-    }
-}
-
-type BatchResults = Result<Vec<Result<Generation, RowError>>, PluginError>;
-
-/// A batch being generated on its own task, aborted if the run ends early.
-struct BatchTask(tokio::task::JoinHandle<(Session, Chunk, BatchResults)>);
-
-impl BatchTask {
-    fn spawn(mut session: Session, config: Config, chunk: Chunk) -> BatchTask {
-        BatchTask(tokio::spawn(async move {
-            let results = session.generate_batch(&config, &chunk.inputs).await;
-            (session, chunk, results)
-        }))
-    }
-
-    async fn finish(mut self) -> (Session, Chunk, BatchResults) {
-        match (&mut self.0).await {
-            Ok(done) => done,
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
-        }
-    }
-}
-
-impl Drop for BatchTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
