@@ -42,7 +42,10 @@ pub enum InFlight {
 pub struct Reading {
     pollable: Pollable,
     stream: InputStream,
+    // Held only so they outlive the stream; never read.
+    #[allow(dead_code)]
     body: IncomingBody,
+    #[allow(dead_code)]
     response: IncomingResponse,
     status: u16,
     headers: Vec<(String, Vec<u8>)>,

@@ -101,9 +101,12 @@ pub struct Recovery {
 pub struct Journal {
     path: PathBuf,
     file: File,
-    /// Where each key's payload starts. Only offsets live in memory, so the
-    /// index stays small however many rows are saved.
-    index: HashMap<WorkKey, (u64, u32)>,
+    /// Where the record for each key starts, by the key's first 8 bytes.
+    /// Only work saved by earlier runs is indexed (16 bytes a row): this
+    /// run's rows are written out as they finish and never looked up, so
+    /// memory does not grow with the dataset. A prefix collision is caught
+    /// by comparing the full key stored in the record.
+    index: HashMap<u64, u64>,
     end: u64,
     recovery: Recovery,
 }
@@ -174,8 +177,7 @@ impl Journal {
             if read_full(&mut reader, &mut payload).map_err(io)? < payload.len() || crc32fast::hash(&payload) != crc {
                 break;
             }
-            let key = WorkKey(payload[..KEY_LEN].try_into().unwrap());
-            self.index.insert(key, (offset + HEADER_LEN, len));
+            self.index.insert(prefix(&payload[..KEY_LEN]), offset);
             self.recovery.records += 1;
             offset += HEADER_LEN + u64::from(len);
         }
@@ -210,7 +212,8 @@ impl Journal {
         self.recovery
     }
 
-    /// Saved rows.
+    /// Rows saved by earlier runs (keys that differ only in their first
+    /// 8 bytes count once).
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -219,16 +222,18 @@ impl Journal {
         self.index.is_empty()
     }
 
-    pub fn contains(&self, key: &WorkKey) -> bool {
-        self.index.contains_key(key)
-    }
-
-    /// The saved generation for `key`, read back from the file.
+    /// The generation an earlier run saved for `key`, read from the file.
     pub fn get(&self, key: &WorkKey) -> Result<Option<Saved>, JournalError> {
-        let Some(&(offset, len)) = self.index.get(key) else { return Ok(None) };
+        let Some(&offset) = self.index.get(&prefix(&key.0)) else { return Ok(None) };
+        let io = |source| JournalError::Io { path: self.path.display().to_string(), source };
+        let mut header = [0u8; HEADER_LEN as usize];
+        read_at(&self.file, &mut header, offset).map_err(io)?;
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap());
         let mut payload = vec![0u8; len as usize];
-        read_at(&self.file, &mut payload, offset)
-            .map_err(|source| JournalError::Io { path: self.path.display().to_string(), source })?;
+        read_at(&self.file, &mut payload, offset + HEADER_LEN).map_err(io)?;
+        if payload[..KEY_LEN] != key.0 {
+            return Ok(None);
+        }
         // The checksum held when the record was indexed.
         Ok(serde_json::from_slice(&payload[KEY_LEN..]).ok())
     }
@@ -239,16 +244,12 @@ impl Journal {
             return Ok(());
         }
         let mut buffer = Vec::new();
-        let mut placed = Vec::with_capacity(entries.len());
         for (key, saved) in entries {
             let mut payload = key.0.to_vec();
             serde_json::to_writer(&mut payload, saved).expect("a generation serialises");
-            let len = payload.len() as u32;
-            let at = self.end + buffer.len() as u64 + HEADER_LEN;
-            buffer.extend_from_slice(&len.to_le_bytes());
+            buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             buffer.extend_from_slice(&payload);
-            placed.push((*key, (at, len)));
         }
         let shown = self.path.display().to_string();
         let io = |source| JournalError::Io { path: shown.clone(), source };
@@ -256,9 +257,12 @@ impl Journal {
         self.file.write_all(&buffer).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.end += buffer.len() as u64;
-        self.index.extend(placed);
         Ok(())
     }
+}
+
+fn prefix(key: &[u8]) -> u64 {
+    u64::from_le_bytes(key[..8].try_into().unwrap())
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -378,8 +382,10 @@ mod tests {
             assert_eq!(journal.len(), 2, "cut {cut}");
             assert_eq!(journal.get(&keys[1]).unwrap(), Some(saved("text 1")));
             assert_eq!(journal.recovery().truncated_bytes, last_record - cut);
-            // Appending after recovery produces a journal that reads back whole.
+            // Appending after recovery produces a journal that reads back
+            // whole (appended records are found by the next run).
             journal.append(&[(keys[2], saved("again"))]).unwrap();
+            assert_eq!(journal.get(&keys[2]).unwrap(), None);
             drop(journal);
             let reopened = Journal::open(&copy, false).unwrap();
             assert_eq!(reopened.len(), 3);
@@ -404,7 +410,8 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let journal = Journal::open(&path, false).unwrap();
         assert_eq!(journal.len(), 1);
-        assert!(journal.contains(&keys[0]));
+        assert!(journal.get(&keys[0]).unwrap().is_some());
+        assert!(journal.get(&keys[1]).unwrap().is_none());
         assert_eq!(journal.recovery().truncated_bytes, 2 * record as u64);
     }
 

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use batchgen::config::{ApiKeys, Job, JobFile, ProviderEndpoints};
 use batchgen::plugin::cache;
+use batchgen::plugin::sandbox::Limits;
 use batchgen::run::{self, RunOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -93,12 +94,59 @@ struct RunArgs {
     /// Base URL of the Anthropic API [env: ANTHROPIC_BASE_URL; default: https://api.anthropic.com].
     #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = batchgen::config::DEFAULT_ANTHROPIC_BASE_URL, hide_default_value = true, value_name = "URL")]
     anthropic_base_url: String,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Ignore and discard the work saved for OUTPUT by earlier runs
     /// (its `.batchgen-journal` file) and generate every row again.
     #[arg(long)]
     fresh: bool,
     #[command(flatten)]
     component: ComponentArgs,
+}
+
+/// Limits on the component (defaults suit the embedded one).
+#[derive(Args)]
+struct SandboxArgs {
+    /// Linear memory per component instance, in MiB [default: 512].
+    #[arg(long, value_name = "MIB")]
+    max_memory: Option<usize>,
+    /// Elements per component table [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_table_elements: Option<usize>,
+    /// Core instances per component [default: 32].
+    #[arg(long, value_name = "N")]
+    max_instances: Option<usize>,
+    /// Deadline for one call into the component, in seconds [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    call_timeout: Option<f64>,
+    /// Fuel per call (instructions, roughly); off by default, as metering costs speed.
+    #[arg(long, value_name = "UNITS")]
+    fuel: Option<u64>,
+    /// Largest provider reply passed to the component, in MiB [default: 32].
+    #[arg(long, value_name = "MIB")]
+    max_reply_size: Option<usize>,
+}
+
+impl SandboxArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let defaults = Limits::default();
+        let call_timeout = match self.call_timeout {
+            Some(seconds) => std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--call-timeout: {seconds} is not a positive number of seconds"))?,
+            None => defaults.call_timeout,
+        };
+        Ok(Limits {
+            memory_bytes: self.max_memory.map_or(defaults.memory_bytes, |mib| mib.saturating_mul(1 << 20)),
+            table_elements: self.max_table_elements.unwrap_or(defaults.table_elements),
+            instances: self.max_instances.unwrap_or(defaults.instances),
+            call_timeout,
+            fuel: self.fuel,
+            max_reply_bytes: self.max_reply_size.map_or(defaults.max_reply_bytes, |mib| mib.saturating_mul(1 << 20)),
+            log_bytes: defaults.log_bytes,
+        })
+    }
 }
 
 impl RunArgs {
@@ -136,6 +184,7 @@ impl RunArgs {
             component: self.component.component,
             cache_dir: cache::default_dir(),
             fresh: self.fresh,
+            limits: self.sandbox.limits()?,
         })
     }
 }
@@ -167,7 +216,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Models(args) => {
-            let plugin = run::load_plugin(args.component.as_deref(), cache::default_dir().as_deref())
+            let plugin = run::load_plugin(args.component.as_deref(), cache::default_dir().as_deref(), Limits::default())
                 .context("loading the component")?;
             println!("{:<20} {:<10} {:<28} note", "label", "provider", "model id");
             for model in run::list_models(&plugin).await? {

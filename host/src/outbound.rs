@@ -113,13 +113,21 @@ pub struct Outbound {
     destinations: Arc<[Destination]>,
     client: HttpClient,
     pacer: Arc<Pacer>,
+    max_reply_bytes: usize,
 }
 
 impl Outbound {
     /// Hooks allowing `destinations`, sending through `client` at the pace
     /// `pacer` sets. Clones share all three: one run, one pool, one pace.
     pub fn new(destinations: Vec<Destination>, client: HttpClient, pacer: Arc<Pacer>) -> Outbound {
-        Outbound { destinations: destinations.into(), client, pacer }
+        Outbound { destinations: destinations.into(), client, pacer, max_reply_bytes: usize::MAX }
+    }
+
+    /// Replies whose body exceeds `bytes` fail with `HttpResponseBodySize`
+    /// instead of reaching the component.
+    pub fn with_reply_cap(mut self, bytes: usize) -> Outbound {
+        self.max_reply_bytes = bytes;
+        self
     }
 
     /// Hooks that deny every request: for instances that only answer
@@ -172,6 +180,7 @@ impl WasiHttpHooks for Outbound {
         let decision = self.authorize(&mut request);
         let client = self.client.clone();
         let pacer = Arc::clone(&self.pacer);
+        let cap = self.max_reply_bytes;
         // The component passes its per-request timeout as the first-byte
         // timeout; here it bounds the whole exchange, body included.
         let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
@@ -189,8 +198,12 @@ impl WasiHttpHooks for Outbound {
             pacer.observe(response.status().as_u16(), response.headers(), permit.admitted_at());
             drop(permit);
             let response = response.map(|body| {
-                Deadline { inner: body.map_err(HttpError::from), sleep: Box::pin(tokio::time::sleep_until(deadline)) }
-                    .boxed_unsync()
+                Guarded {
+                    inner: body.map_err(HttpError::from),
+                    sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                    remaining: cap,
+                }
+                .boxed_unsync()
             });
             // The pool drives connections on its own tasks: nothing to await.
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
@@ -199,14 +212,16 @@ impl WasiHttpHooks for Outbound {
     }
 }
 
-/// A response body that fails once its request's deadline passes, so a
-/// server that stalls mid-body cannot hold a row past its timeout.
-struct Deadline<B> {
+/// A response body held to its request's deadline and to the reply cap, so
+/// a server that stalls mid-body or sends without end cannot hold a row past
+/// its timeout or fill the component's memory.
+struct Guarded<B> {
     inner: B,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    remaining: usize,
 }
 
-impl<B> hyper::body::Body for Deadline<B>
+impl<B> hyper::body::Body for Guarded<B>
 where
     B: hyper::body::Body<Data = Bytes, Error = HttpError> + Unpin,
 {
@@ -219,6 +234,12 @@ where
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
         use std::task::Poll;
         if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref().map_or(0, |d| d.len()))) {
+                if data > self.remaining {
+                    return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(None))));
+                }
+                self.remaining -= data;
+            }
             return Poll::Ready(frame);
         }
         match self.sleep.as_mut().poll(cx) {

@@ -7,6 +7,7 @@ use crate::local::{LocalModel, ServerModel};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::pace::{PaceSettings, Pacer};
 use crate::plugin::bindings::{ConfigProblem, Generation, ModelInfo, RowError};
+use crate::plugin::sandbox::Limits;
 use crate::plugin::{cache, Plugin, PluginError, Session, EMBEDDED_COMPONENT};
 use crate::journal::{Journal, JournalError, Saved, WorkKey, WorkParams};
 use std::collections::BTreeMap;
@@ -36,6 +37,8 @@ pub struct RunOptions {
     pub cache_dir: Option<PathBuf>,
     /// Ignore (and discard) work saved by earlier runs for this output.
     pub fresh: bool,
+    /// What the component may consume.
+    pub limits: Limits,
 }
 
 impl RunOptions {
@@ -52,6 +55,7 @@ impl RunOptions {
             component: None,
             cache_dir: cache::default_dir(),
             fresh: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -74,8 +78,6 @@ pub enum RunError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("saved work for row {row} could not be read back from the journal")]
-    SavedWorkLost { row: u64 },
 }
 
 fn list(problems: &[ConfigProblem]) -> String {
@@ -121,10 +123,10 @@ impl std::fmt::Display for Summary {
 }
 
 /// Loads `component`, or the embedded component when it is `None`.
-pub fn load_plugin(component: Option<&Path>, cache_dir: Option<&Path>) -> Result<Plugin, PluginError> {
+pub fn load_plugin(component: Option<&Path>, cache_dir: Option<&Path>, limits: Limits) -> Result<Plugin, PluginError> {
     match component {
-        Some(path) => Plugin::from_file(path, cache_dir),
-        None => Plugin::new(EMBEDDED_COMPONENT, cache_dir),
+        Some(path) => Plugin::from_file(path, cache_dir, limits),
+        None => Plugin::new(EMBEDDED_COMPONENT, cache_dir, limits),
     }
 }
 
@@ -144,7 +146,7 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
         return Err(RunError::SameFile(options.output.display().to_string()));
     }
 
-    let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref())?;
+    let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), options.limits)?;
     let config = options.job.component_config(&options.endpoints);
     // An instance that can reach nothing answers the questions before a run.
     let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
@@ -181,7 +183,7 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
         max_requests_per_minute: options.job.max_rpm,
         max_tokens_per_minute: options.job.max_tpm,
     });
-    let outbound = Outbound::new(destinations, client, std::sync::Arc::clone(&pacer));
+    let outbound = Outbound::new(destinations, client, std::sync::Arc::clone(&pacer)).with_reply_cap(options.limits.max_reply_bytes);
     let mut idle = Vec::with_capacity(BATCH_WINDOW);
     for _ in 0..BATCH_WINDOW {
         idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
@@ -200,7 +202,8 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
                 break;
             };
             let keys: Vec<WorkKey> = chunk.inputs.iter().map(|input| params.key(input)).collect();
-            let missing: Vec<usize> = (0..keys.len()).filter(|&i| !journal.contains(&keys[i])).collect();
+            let reused = keys.iter().map(|key| journal.get(key)).collect::<Result<Vec<_>, _>>()?;
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| reused[i].is_none()).collect();
             let results = if missing.is_empty() {
                 Some(Vec::new())
             } else {
@@ -212,12 +215,12 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
                 });
                 None
             };
-            pending.insert(next_seq, Pending { chunk, keys, missing, results });
+            pending.insert(next_seq, Pending { chunk, keys, reused, missing, results });
             next_seq += 1;
         }
         while pending.first_key_value().is_some_and(|(_, batch)| batch.results.is_some()) {
             let (_, batch) = pending.pop_first().unwrap();
-            write_batch(batch, &journal, &mut writer, &mut summary)?;
+            write_batch(batch, &mut writer, &mut summary)?;
         }
         if pending.is_empty() {
             if exhausted {
@@ -227,8 +230,22 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
         }
         let joined = tasks.join_next().await.expect("an unwritten batch has a task");
         let (seq, session, results) = joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
-        let results = results?;
         let batch = pending.get_mut(&seq).expect("a task belongs to a pending batch");
+        let results: Vec<Result<Generation, String>> = match results {
+            Ok(results) => {
+                idle.push(session);
+                results.into_iter().map(|result| result.map_err(|error| error.to_string())).collect()
+            }
+            // The component broke on this batch: its rows fail in place (and
+            // are retried by the next run), and a fresh instance carries on.
+            Err(error) => {
+                tracing::warn!("rows {} to {}: {error}; continuing with a fresh instance", batch.chunk.first_row + 1, batch.chunk.first_row + batch.chunk.len() as u64);
+                drop(session);
+                idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
+                let message = format!("component: {error}");
+                batch.missing.iter().map(|_| Err(message.clone())).collect()
+            }
+        };
         // Durable before anything else happens: a kill from here on repeats
         // none of these rows.
         let saved: Vec<(WorkKey, Saved)> = batch
@@ -239,7 +256,6 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
             .collect();
         journal.append(&saved)?;
         batch.results = Some(results);
-        idle.push(session);
     }
     let pace = pacer.stats();
     summary.rate_limit_cuts = pace.cuts;
@@ -255,10 +271,13 @@ type BatchResults = Result<Vec<Result<Generation, RowError>>, PluginError>;
 struct Pending {
     chunk: Chunk,
     keys: Vec<WorkKey>,
+    /// Work saved by earlier runs, per row.
+    reused: Vec<Option<Saved>>,
     /// Rows with no saved work, in the order they were sent.
     missing: Vec<usize>,
-    /// Results for `missing`, once its task is done.
-    results: Option<Vec<Result<Generation, RowError>>>,
+    /// Results for `missing`, once its task is done: a generation or the
+    /// text for the error column.
+    results: Option<Vec<Result<Generation, String>>>,
 }
 
 fn saved(generation: &Generation) -> Saved {
@@ -273,12 +292,12 @@ fn saved(generation: &Generation) -> Saved {
 
 /// Writes a finished batch: new results where rows were sent, saved work
 /// everywhere else.
-fn write_batch(batch: Pending, journal: &Journal, writer: &mut Writer, summary: &mut Summary) -> Result<(), RunError> {
-    let Pending { chunk, keys, missing, results } = batch;
+fn write_batch(batch: Pending, writer: &mut Writer, summary: &mut Summary) -> Result<(), RunError> {
+    let Pending { chunk, reused, missing, results, .. } = batch;
     let mut fresh = results.expect("only finished batches are written").into_iter();
     let mut missing = missing.into_iter().peekable();
     let mut outputs = Vec::with_capacity(chunk.len());
-    for (row, key) in keys.iter().enumerate() {
+    for (row, reused) in reused.into_iter().enumerate() {
         let output = if missing.next_if_eq(&row).is_some() {
             match fresh.next().expect("one result per sent row") {
                 Ok(generation) => {
@@ -289,13 +308,12 @@ fn write_batch(batch: Pending, journal: &Journal, writer: &mut Writer, summary: 
                 }
                 Err(error) => {
                     summary.failed += 1;
-                    Err(error.to_string())
+                    Err(error)
                 }
             }
         } else {
             summary.reused += 1;
-            let saved = journal.get(key)?.ok_or_else(|| RunError::SavedWorkLost { row: chunk.first_row + row as u64 + 1 })?;
-            Ok(saved.text)
+            Ok(reused.expect("a row not sent has saved work").text)
         };
         outputs.push(output);
     }

@@ -31,7 +31,7 @@ fn saved_prompts(path: &Path, prompts: &[String]) -> HashSet<String> {
     }
     let journal = Journal::open(path, false).unwrap();
     let params = default_params();
-    prompts.iter().filter(|p| journal.contains(&params.key(p))).cloned().collect()
+    prompts.iter().filter(|p| journal.get(&params.key(p)).unwrap().is_some()).cloned().collect()
 }
 
 /// A small deterministic generator for kill points.

@@ -5,6 +5,7 @@
 //! - `test`: set-up, then the whole suite (host, integration, guest units).
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
+//! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -16,7 +17,8 @@ fn main() -> ExitCode {
         "test" => setup().and_then(|()| test()),
         "example" => setup().and_then(|()| example()),
         "bench" => setup().and_then(|()| bench(std::env::args().skip(2).collect())),
-        _ => Err("usage: cargo xtask setup|test|example|bench".to_string()),
+        "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
+        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +144,47 @@ fn bench(args: Vec<String>) -> Result<(), String> {
     println!("rows/s           {:.1}", rows as f64 / measured.wall);
     println!("ratio to ideal   {:.3}", ideal / measured.wall);
     println!("CPU per row      {:.3} ms (user {:.3} s + sys {:.3} s)", (measured.user + measured.system) * 1000.0 / rows as f64, measured.user, measured.system);
+    println!("peak RSS         {:.1} MiB", measured.max_rss_kib as f64 / 1024.0);
+    if measured.exit != 0 {
+        return Err(format!("batchgen exited with {}", measured.exit));
+    }
+    Ok(())
+}
+
+/// Streaming benchmark: `rows` rows of Parquet (default 1,000,000) through
+/// a run against the stand-in server with no latency, batch size 256.
+/// Reports rows/s and the batchgen process's peak RSS, which must not grow
+/// with the dataset.
+fn bench_stream(args: Vec<String>) -> Result<(), String> {
+    let rows: u64 = args.first().map_or(Ok(1_000_000), |a| a.parse().map_err(|e| format!("{a}: {e}")))?;
+    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "provider-server", "--bin", "make-parquet"]))?;
+    let release = root().join("target/release");
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let input = dir.join(format!("stream-{rows}.parquet"));
+    if !input.exists() {
+        run(Command::new(release.join("make-parquet")).arg(rows.to_string()).arg(&input))?;
+    }
+    let output = dir.join("stream-output.parquet");
+    let _ = std::fs::remove_file(dir.join("stream-output.parquet.batchgen-journal"));
+    let mut server = StandIn::start(&release.join("provider-server"))?;
+    let result = Measured::run(
+        Command::new(release.join("batchgen"))
+            .args(["run", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args(["--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer", "--batch-size", "256", "--fresh"])
+            .env("OPENAI_BASE_URL", &server.openai_base_url)
+            .env("OPENAI_API_KEY", "bench-key")
+            .env("BATCHGEN_CACHE_DIR", dir.join("component-cache")),
+    );
+    server.stop();
+    let measured = result?;
+    println!("rows {rows} (Parquet in and out), batch size 256, no server latency");
+    println!("wall time        {:.1} s", measured.wall);
+    println!("rows/s           {:.0}", rows as f64 / measured.wall);
+    println!("CPU per row      {:.3} ms", (measured.user + measured.system) * 1000.0 / rows as f64);
     println!("peak RSS         {:.1} MiB", measured.max_rss_kib as f64 / 1024.0);
     if measured.exit != 0 {
         return Err(format!("batchgen exited with {}", measured.exit));

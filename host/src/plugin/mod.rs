@@ -6,13 +6,17 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod sandbox;
 
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
 use bindings::{BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo, RowError};
+use sandbox::{EpochTicker, GuestLog, Limits};
+use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -31,6 +35,8 @@ pub enum PluginError {
     Link(wasmtime::Error),
     #[error("the component failed: {0:#}")]
     Trap(wasmtime::Error),
+    #[error("the component did not return within the call deadline of {} s (--call-timeout)", .0.as_secs_f64())]
+    Deadline(Duration),
     #[error("the component returned {returned} results for {expected} rows")]
     WrongCount { expected: usize, returned: usize },
 }
@@ -39,12 +45,17 @@ pub enum PluginError {
 pub struct Plugin {
     engine: Engine,
     pre: BatchPluginPre<State>,
+    limits: Limits,
+    _ticker: EpochTicker,
 }
 
 impl Plugin {
-    /// Compiles (or loads from `cache_dir`) and links `wasm`.
-    pub fn new(wasm: &[u8], cache_dir: Option<&Path>) -> Result<Plugin, PluginError> {
-        let config = wasmtime::Config::new();
+    /// Compiles (or loads from `cache_dir`) and links `wasm`; its instances
+    /// get `limits`.
+    pub fn new(wasm: &[u8], cache_dir: Option<&Path>, limits: Limits) -> Result<Plugin, PluginError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
         let engine = Engine::new(&config).map_err(PluginError::Engine)?;
         let component = cache::load(&engine, wasm, cache_dir).map_err(PluginError::Compile)?;
         let mut linker = Linker::<State>::new(&engine);
@@ -56,67 +67,107 @@ impl Plugin {
             .map_err(PluginError::Link)?;
         let pre = linker.instantiate_pre(&component).map_err(PluginError::Link)?;
         let pre = BatchPluginPre::new(pre).map_err(PluginError::Link)?;
-        Ok(Plugin { engine, pre })
+        let ticker = EpochTicker::start(&engine);
+        Ok(Plugin { engine, pre, limits, _ticker: ticker })
     }
 
     /// Reads a component file, e.g. from `--component`.
-    pub fn from_file(path: &Path, cache_dir: Option<&Path>) -> Result<Plugin, PluginError> {
+    pub fn from_file(path: &Path, cache_dir: Option<&Path>, limits: Limits) -> Result<Plugin, PluginError> {
         let wasm = std::fs::read(path).map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
-        Plugin::new(&wasm, cache_dir)
+        Plugin::new(&wasm, cache_dir, limits)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub async fn instantiate(&self, outbound: Outbound, local: LocalModel) -> Result<Session, PluginError> {
+        let (stdout, stderr) = GuestLog::pair(self.limits.log_bytes);
         let state = State {
             // Nothing of the host's leaks in: no environment, arguments,
-            // directories, sockets or name lookups.
-            wasi: WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+            // directories, sockets or name lookups; output goes to the log.
+            wasi: WasiCtxBuilder::new()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .stdout(stdout)
+                .stderr(stderr)
+                .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound,
             local,
+            limits: self.limits.store_limits(),
         };
         let mut store = Store::new(&self.engine, state);
-        let instance = self.pre.instantiate_async(&mut store).await.map_err(PluginError::Trap)?;
-        Ok(Session { store, instance })
+        store.limiter(|state| &mut state.limits);
+        // Yield to the runtime every tick, so a busy component cannot hold a
+        // worker thread and the call deadline below can always fire.
+        store.epoch_deadline_async_yield_and_update(1);
+        store.set_epoch_deadline(1);
+        if let Some(fuel) = self.limits.fuel {
+            store.set_fuel(fuel).map_err(PluginError::Engine)?;
+        }
+        let call_timeout = self.limits.call_timeout;
+        let instance = within(call_timeout, self.pre.instantiate_async(&mut store)).await?;
+        Ok(Session { store, instance, call_timeout, fuel: self.limits.fuel })
     }
 }
 
 /// One instance of the component and its store.
+///
+/// After any error from a call the instance may be in a broken state (a
+/// trap, a call cut off at its deadline): drop the session and instantiate
+/// a fresh one.
 pub struct Session {
     store: Store<State>,
     instance: BatchPlugin,
+    call_timeout: Duration,
+    fuel: Option<u64>,
+}
+
+/// Runs a call into the component under the call deadline.
+async fn within<T>(timeout: Duration, call: impl Future<Output = wasmtime::Result<T>>) -> Result<T, PluginError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(PluginError::Trap),
+        Err(_) => Err(PluginError::Deadline(timeout)),
+    }
 }
 
 impl Session {
+    /// Fuel is per call: a long run must not starve on a budget meant to
+    /// stop one runaway call.
+    fn refuel(&mut self) -> Result<(), PluginError> {
+        match self.fuel {
+            Some(fuel) => self.store.set_fuel(fuel).map_err(PluginError::Engine),
+            None => Ok(()),
+        }
+    }
+
     pub async fn list_models(&mut self) -> Result<Vec<ModelInfo>, PluginError> {
-        self.instance.batchgen_plugin_batch_generator().call_list_models(&mut self.store).await.map_err(PluginError::Trap)
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        within(self.call_timeout, exports.call_list_models(&mut self.store)).await
     }
 
     pub async fn find_model(&mut self, generation_model: &str) -> Result<Option<ModelInfo>, PluginError> {
-        self.instance
-            .batchgen_plugin_batch_generator()
-            .call_find_model(&mut self.store, generation_model)
-            .await
-            .map_err(PluginError::Trap)
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        within(self.call_timeout, exports.call_find_model(&mut self.store, generation_model)).await
     }
 
     pub async fn check_config(&mut self, config: &Config) -> Result<Vec<ConfigProblem>, PluginError> {
-        self.instance
-            .batchgen_plugin_batch_generator()
-            .call_check_config(&mut self.store, config)
-            .await
-            .map_err(PluginError::Trap)
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        within(self.call_timeout, exports.call_check_config(&mut self.store, config)).await
     }
 
     /// Generates for `inputs`; a component that answers with the wrong number
     /// of results is an error, never a misaligned output.
     pub async fn generate_batch(&mut self, config: &Config, inputs: &[String]) -> Result<Vec<Result<Generation, RowError>>, PluginError> {
-        let results = self
-            .instance
-            .batchgen_plugin_batch_generator()
-            .call_generate_batch(&mut self.store, config, inputs)
-            .await
-            .map_err(PluginError::Trap)?;
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        let results = within(self.call_timeout, exports.call_generate_batch(&mut self.store, config, inputs)).await?;
         if results.len() != inputs.len() {
             return Err(PluginError::WrongCount { expected: inputs.len(), returned: results.len() });
         }
@@ -131,6 +182,7 @@ pub struct State {
     table: ResourceTable,
     outbound: Outbound,
     local: LocalModel,
+    limits: StoreLimits,
 }
 
 impl WasiView for State {

@@ -1,0 +1,168 @@
+//! What a component may consume, and where its output goes.
+//!
+//! A component is untrusted code: it gets bounded memory, tables and
+//! instances, a deadline per call (enforced by epoch interruption, so a
+//! busy loop is stopped as surely as a guest blocked in `poll`), optional
+//! fuel, and a capped log for its stdout and stderr.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+/// How often the epoch advances: the granularity of call deadlines and of
+/// the component yielding to the host's other work.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Resource limits for each instance, from flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Elements per table.
+    pub table_elements: usize,
+    /// Core instances a component may create.
+    pub instances: usize,
+    /// Deadline for one call into the component (`generate-batch` included).
+    pub call_timeout: Duration,
+    /// Fuel per call; `None` leaves fuel metering off (it costs speed).
+    pub fuel: Option<u64>,
+    /// Largest reply body the host passes to the component.
+    pub max_reply_bytes: usize,
+    /// Bytes of stdout and stderr logged per instance; the rest is dropped.
+    pub log_bytes: usize,
+}
+
+impl Default for Limits {
+    /// Generous for the real component (it needs ~2 MiB for a 256-row
+    /// batch), tight enough that a hostile one cannot hurt the host.
+    fn default() -> Limits {
+        Limits {
+            memory_bytes: 512 << 20,
+            table_elements: 100_000,
+            instances: 32,
+            call_timeout: Duration::from_secs(3600),
+            fuel: None,
+            max_reply_bytes: 32 << 20,
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Limits {
+    pub fn store_limits(&self) -> StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(self.memory_bytes)
+            .table_elements(self.table_elements)
+            .instances(self.instances)
+            .tables(self.instances.saturating_mul(4))
+            .memories(self.instances)
+            // A failed grow traps instead of returning -1, which most guest
+            // allocators turn into an abort anyway: the error names the limit.
+            .trap_on_grow_failure(true)
+            .build()
+    }
+
+    /// Epoch ticks in one call deadline.
+    pub fn deadline_ticks(&self) -> u64 {
+        (self.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.clone();
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("batchgen-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("the epoch thread starts");
+        EpochTicker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A component's stdout or stderr: logged through `tracing` under the
+/// target `batchgen::guest`, up to a byte budget shared by both streams;
+/// beyond it output is dropped (and the component is not told, so a chatty
+/// component keeps working).
+#[derive(Clone)]
+pub struct GuestLog {
+    stream: &'static str,
+    budget: Arc<AtomicUsize>,
+}
+
+impl GuestLog {
+    /// A stdout and a stderr sharing `bytes` of budget.
+    pub fn pair(bytes: usize) -> (GuestLog, GuestLog) {
+        let budget = Arc::new(AtomicUsize::new(bytes));
+        (GuestLog { stream: "stdout", budget: Arc::clone(&budget) }, GuestLog { stream: "stderr", budget })
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for GuestLog {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let wanted = buf.len();
+        let mut granted = 0;
+        let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            granted = left.min(wanted);
+            Some(left - granted)
+        });
+        if granted > 0 {
+            let text = String::from_utf8_lossy(&buf[..granted]);
+            match self.stream {
+                "stderr" => tracing::warn!(target: "batchgen::guest", "{}", text.trim_end()),
+                _ => tracing::info!(target: "batchgen::guest", "{}", text.trim_end()),
+            }
+            if granted < wanted {
+                tracing::warn!(target: "batchgen::guest", "component output reached the log cap; the rest is dropped");
+            }
+        }
+        Poll::Ready(Ok(wanted))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
