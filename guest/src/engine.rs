@@ -15,10 +15,9 @@ use wasip2::io::poll;
 const BACKOFF_BASE_NS: u64 = 500_000_000;
 /// ...up to this cap, as the official SDKs do.
 const BACKOFF_CAP_NS: u64 = 8_000_000_000;
-/// The request timeout goes to the host as `wasi:http` request options,
-/// which a host applies once it actually sends (after any rate-limit
-/// queueing). The component's own deadline is only a backstop for hosts
-/// that ignore those options, so it allows for queueing.
+/// A host applies the request timeout once it actually sends (after any
+/// rate-limit queueing); the component's own deadline is a backstop for
+/// hosts that apply none, so it allows for queueing.
 fn backstop_ns(timeout_ns: u64) -> u64 {
     timeout_ns.saturating_mul(2).saturating_add(1_000_000_000)
 }
@@ -70,7 +69,7 @@ pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<G
         while flights.len() < plan.concurrency {
             let Some(row) = ready.pop_front() else { break };
             attempts[row] += 1;
-            match InFlight::start(&requests[row], plan.request_timeout_ns) {
+            match InFlight::start(&requests[row]) {
                 Ok(request) => flights.push(Flight {
                     row,
                     deadline: now.saturating_add(backstop_ns(plan.request_timeout_ns)),
@@ -113,7 +112,7 @@ pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<G
                     drop(request);
                     let error = RowError::Timeout(format!(
                         "no complete reply within {} ms",
-                        plan.request_timeout_ns / 1_000_000
+                        backstop_ns(plan.request_timeout_ns) / 1_000_000
                     ));
                     settle(row, Verdict::Retry { error, after_ns: None }, &attempts, &mut backing_off);
                 }

@@ -6,7 +6,7 @@ use crate::providers::{HttpReply, HttpRequest, Verdict};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
     ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody,
-    OutgoingRequest, RequestOptions, Scheme,
+    OutgoingRequest, Scheme,
 };
 use wasip2::io::poll::Pollable;
 use wasip2::io::streams::{InputStream, StreamError};
@@ -60,7 +60,7 @@ pub enum Step {
 impl InFlight {
     /// Sends `request`. The body is written before `handle` when the host's
     /// buffer takes it whole, so starting a request never waits on the network.
-    pub fn start(request: &HttpRequest, timeout_ns: u64) -> Result<InFlight, Failure> {
+    pub fn start(request: &HttpRequest) -> Result<InFlight, Failure> {
         let other = |what: &str| Failure::Other(format!("could not build the request: {what}"));
         let headers = Fields::from_list(&request.headers)
             .map_err(|e| Failure::Other(format!("the host refused a request header: {e:?}")))?;
@@ -71,13 +71,9 @@ impl InFlight {
         outgoing.set_authority(Some(&request.authority)).map_err(|()| other("authority"))?;
         outgoing.set_path_with_query(Some(&request.path)).map_err(|()| other("path"))?;
 
-        let options = RequestOptions::new();
-        // A host may not support some timeouts; the component's own deadline
-        // still applies, so a refusal here is not an error.
-        let _ = options.set_connect_timeout(Some(timeout_ns));
-        let _ = options.set_first_byte_timeout(Some(timeout_ns));
-        let _ = options.set_between_bytes_timeout(Some(timeout_ns));
-
+        // No request-options: wasmtime-wasi-http 48's `handle` never frees
+        // them (one leaked table entry per request). Timeouts are the
+        // host's to apply; the component's own deadline backs them up.
         let body = outgoing.body().map_err(|()| other("body"))?;
         let stream = body.write().map_err(|()| other("body stream"))?;
         let permit = stream.check_write().map_err(|e| Failure::Other(format!("body stream: {e:?}")))?;
@@ -85,11 +81,11 @@ impl InFlight {
             stream.write(&request.body).map_err(|e| Failure::Other(format!("body write: {e:?}")))?;
             drop(stream);
             OutgoingBody::finish(body, None).map_err(Failure::Http)?;
-            outgoing_handler::handle(outgoing, Some(options)).map_err(Failure::Http)?
+            outgoing_handler::handle(outgoing, None).map_err(Failure::Http)?
         } else {
             // Larger than the host buffers: hand over the request first so the
             // host drains the stream while we write.
-            let future = outgoing_handler::handle(outgoing, Some(options)).map_err(Failure::Http)?;
+            let future = outgoing_handler::handle(outgoing, None).map_err(Failure::Http)?;
             for chunk in request.body.chunks(MAX_BLOCKING_WRITE) {
                 stream
                     .blocking_write_and_flush(chunk)

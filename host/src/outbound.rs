@@ -22,7 +22,7 @@ use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, Forbidde
 
 /// Header names a guest may never set: credentials are the host's to add.
 const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
-/// Used when the component sets no timeout: the official SDKs' ten minutes.
+/// Used when nobody sets a timeout: the official SDKs' ten minutes.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Scheme, host and port: what the allowlist compares.
@@ -114,13 +114,27 @@ pub struct Outbound {
     client: HttpClient,
     pacer: Arc<Pacer>,
     max_reply_bytes: usize,
+    request_timeout: Duration,
 }
 
 impl Outbound {
     /// Hooks allowing `destinations`, sending through `client` at the pace
     /// `pacer` sets. Clones share all three: one run, one pool, one pace.
     pub fn new(destinations: Vec<Destination>, client: HttpClient, pacer: Arc<Pacer>) -> Outbound {
-        Outbound { destinations: destinations.into(), client, pacer, max_reply_bytes: usize::MAX }
+        Outbound {
+            destinations: destinations.into(),
+            client,
+            pacer,
+            max_reply_bytes: usize::MAX,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The deadline of each request, from its admission by the pacer to the
+    /// end of its body, unless the component sets a first-byte timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Outbound {
+        self.request_timeout = timeout;
+        self
     }
 
     /// Replies whose body exceeds `bytes` fail with `HttpResponseBodySize`
@@ -181,9 +195,9 @@ impl WasiHttpHooks for Outbound {
         let client = self.client.clone();
         let pacer = Arc::clone(&self.pacer);
         let cap = self.max_reply_bytes;
-        // The component passes its per-request timeout as the first-byte
-        // timeout; here it bounds the whole exchange, body included.
-        let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        // A component's first-byte timeout, else the run's request timeout,
+        // bounds the whole exchange, body included.
+        let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(self.request_timeout);
         Box::new(async move {
             decision?;
             let (request, tokens) = if pacer.counts_tokens() { estimate_tokens(request).await? } else { (request, 0) };

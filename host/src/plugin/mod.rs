@@ -110,7 +110,7 @@ impl Plugin {
         }
         let call_timeout = self.limits.call_timeout;
         let instance = within(call_timeout, self.pre.instantiate_async(&mut store)).await?;
-        Ok(Session { store, instance, call_timeout, fuel: self.limits.fuel })
+        Ok(Session { store, instance, call_timeout, fuel: self.limits.fuel, rows: 0 })
     }
 }
 
@@ -124,6 +124,7 @@ pub struct Session {
     instance: BatchPlugin,
     call_timeout: Duration,
     fuel: Option<u64>,
+    rows: u64,
 }
 
 /// Runs a call into the component under the call deadline.
@@ -135,6 +136,13 @@ async fn within<T>(timeout: Duration, call: impl Future<Output = wasmtime::Resul
 }
 
 impl Session {
+    /// Rows this instance has been given. Hosts may retire an instance after
+    /// many rows: whatever a component or its WASI resources leak dies with
+    /// its store.
+    pub fn rows_served(&self) -> u64 {
+        self.rows
+    }
+
     /// Fuel is per call: a long run must not starve on a budget meant to
     /// stop one runaway call.
     fn refuel(&mut self) -> Result<(), PluginError> {
@@ -166,6 +174,7 @@ impl Session {
     /// of results is an error, never a misaligned output.
     pub async fn generate_batch(&mut self, config: &Config, inputs: &[String]) -> Result<Vec<Result<Generation, RowError>>, PluginError> {
         self.refuel()?;
+        self.rows += inputs.len() as u64;
         let exports = self.instance.batchgen_plugin_batch_generator();
         let results = within(self.call_timeout, exports.call_generate_batch(&mut self.store, config, inputs)).await?;
         if results.len() != inputs.len() {

@@ -140,9 +140,9 @@ impl StdoutStream for GuestLog {
 impl AsyncWrite for GuestLog {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let wanted = buf.len();
-        let mut granted = 0;
+        let (mut before, mut granted) = (0, 0);
         let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-            granted = left.min(wanted);
+            (before, granted) = (left, left.min(wanted));
             Some(left - granted)
         });
         if granted > 0 {
@@ -151,7 +151,8 @@ impl AsyncWrite for GuestLog {
                 "stderr" => tracing::warn!(target: "batchgen::guest", "{}", text.trim_end()),
                 _ => tracing::info!(target: "batchgen::guest", "{}", text.trim_end()),
             }
-            if granted < wanted {
+            // Said once: by the write that spends the last of the budget.
+            if granted == before {
                 tracing::warn!(target: "batchgen::guest", "component output reached the log cap; the rest is dropped");
             }
         }

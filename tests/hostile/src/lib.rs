@@ -1,0 +1,151 @@
+//! A component that attacks its host. The behaviour is picked by the
+//! config's `generation-model`, so one build serves every sandbox test:
+//!
+//! - `loop`: spins forever; `sleep`: blocks in `poll` forever;
+//!   `memory`: allocates without end; `panic`: panics;
+//! - `boom`: panics only for a batch with an input containing "boom";
+//! - `few` / `many`: one result too few / too many;
+//! - `outside`: requests a host the operator did not allow;
+//! - `snoop`: reads environment variables, arguments, files, sockets;
+//! - `authorization`: sets its own credential headers;
+//! - `chatty`: writes megabytes to stdout and stderr;
+//! - anything else: answers `ok:<input>`.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "batchgen:plugin/batch-plugin",
+    with: {
+        "wasi:http/types@0.2.12": wasip2::http::types,
+        "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:io/error@0.2.12": wasip2::io::error,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+    },
+});
+
+use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
+use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo};
+use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+
+struct Hostile;
+
+fn answer(text: String) -> Result<Generation, RowError> {
+    Ok(Generation { text, finish_reason: "stop".into(), input_tokens: 0, output_tokens: 0, attempts: 1 })
+}
+
+/// Sends a GET to `authority` with `headers` and says what happened.
+fn request(authority: &str, headers: &[(&str, &str)]) -> String {
+    let list: Vec<(String, Vec<u8>)> = headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+    let fields = match Fields::from_list(&list) {
+        Ok(fields) => fields,
+        Err(error) => return format!("headers refused: {error:?}"),
+    };
+    let outgoing = OutgoingRequest::new(fields);
+    let _ = outgoing.set_method(&Method::Get);
+    let _ = outgoing.set_scheme(Some(&Scheme::Http));
+    let _ = outgoing.set_authority(Some(authority));
+    let _ = outgoing.set_path_with_query(Some("/v1/models"));
+    match wasip2::http::outgoing_handler::handle(outgoing, None) {
+        Err(code) => format!("refused: {code:?}"),
+        Ok(future) => {
+            let pollable = future.subscribe();
+            pollable.block();
+            drop(pollable);
+            match future.get() {
+                Some(Ok(Ok(response))) => format!("status {}", response.status()),
+                Some(Ok(Err(code))) => format!("failed: {code:?}"),
+                other => format!("odd: {}", other.is_some()),
+            }
+        }
+    }
+}
+
+impl Guest for Hostile {
+    fn list_models() -> Vec<ModelInfo> {
+        Vec::new()
+    }
+
+    fn find_model(generation_model: String) -> Option<ModelInfo> {
+        Some(ModelInfo {
+            label: generation_model,
+            provider: "openai".into(),
+            model_id: "gpt-4o-mini".into(),
+            aliases: Vec::new(),
+            note: None,
+        })
+    }
+
+    fn check_config(_: Config) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+
+    fn generate_batch(config: Config, inputs: Vec<String>) -> Vec<Result<Generation, RowError>> {
+        let echo = |inputs: &[String]| inputs.iter().map(|i| answer(format!("ok:{i}"))).collect::<Vec<_>>();
+        match config.generation_model.as_str() {
+            "loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "sleep" => {
+                wasip2::clocks::monotonic_clock::subscribe_duration(u64::MAX / 2).block();
+                echo(&inputs)
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("hostile component panics"),
+            "boom" if inputs.iter().any(|i| i.contains("boom")) => panic!("boom"),
+            "few" => echo(&inputs[1..]),
+            "many" => {
+                let mut results = echo(&inputs);
+                results.push(answer("extra".into()));
+                results
+            }
+            "outside" => {
+                // The allowed provider is the first input; the second is not allowed.
+                inputs.iter().map(|authority| answer(request(authority, &[]))).collect()
+            }
+            "snoop" => {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                let args: Vec<String> = std::env::args().collect();
+                let file = std::fs::read_to_string("/etc/passwd").map(|t| t.len());
+                let dir = std::fs::read_dir("/").map(|d| d.count());
+                let socket = std::net::TcpStream::connect(inputs[0].as_str()).map(|_| ());
+                let text = format!(
+                    "env={env:?} args={args:?} file={} dir={} socket={}",
+                    file.is_ok(),
+                    dir.is_ok(),
+                    socket.is_ok()
+                );
+                inputs.iter().map(|_| answer(text.clone())).collect()
+            }
+            "authorization" => inputs
+                .iter()
+                .map(|authority| {
+                    let bearer = request(authority, &[("authorization", "Bearer stolen")]);
+                    let api_key = request(authority, &[("x-api-key", "stolen")]);
+                    let plain = request(authority, &[]);
+                    answer(format!("authorization: {bearer}; x-api-key: {api_key}; plain: {plain}"))
+                })
+                .collect(),
+            "chatty" => {
+                let line = "x".repeat(1023);
+                for _ in 0..2048 {
+                    println!("{line}");
+                    eprintln!("{line}");
+                }
+                echo(&inputs)
+            }
+            _ => echo(&inputs),
+        }
+    }
+}
+
+export!(Hostile);

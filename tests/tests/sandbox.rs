@@ -1,0 +1,142 @@
+//! Hostile components and configs are contained: each misbehaviour ends in
+//! a clear error on its rows, the host survives, and nothing leaks in or out.
+
+mod common;
+
+use batchgen_tests::harness;
+use batchgen_tests::provider::ProviderServer;
+use common::*;
+use serde_json::{Value, json};
+
+const HOSTILE: &str = env!("HOSTILE_COMPONENT");
+
+/// Runs the hostile component doing `behaviour` over `prompts`, with tight
+/// limits; returns the exit code, stderr and output rows.
+fn hostile(server: &ProviderServer, behaviour: &str, prompts: &[&str], extra: &[&str]) -> (Option<i32>, String, Vec<Value>) {
+    let rows: Vec<Value> = prompts.iter().enumerate().map(|(i, p)| json!({"id": i, "prompt": p})).collect();
+    let (_dir, input, output) = dataset(&rows);
+    let mut args = vec![
+        "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "--component", HOSTILE, "--generation-model", behaviour,
+        "--input-column", "prompt", "--output-column", "answer",
+        "--call-timeout", "2", "--max-memory", "64",
+    ];
+    args.extend_from_slice(extra);
+    let ran = cli(server, &args);
+    // A host panic would exit 101; every caller checks the code.
+    let out = if output.exists() { read_jsonl(&output) } else { Vec::new() };
+    (ran.code, ran.stderr, out)
+}
+
+fn errors(rows: &[Value]) -> Vec<String> {
+    rows.iter().map(|r| r["answer_error"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[test]
+fn runaway_components_are_stopped_and_their_rows_fail_in_place() {
+    let server = ProviderServer::start();
+    for (behaviour, expected) in [
+        ("loop", "call deadline"),
+        ("sleep", "call deadline"),
+        ("memory", "memory"),
+        ("panic", "component failed"),
+    ] {
+        let (code, stderr, rows) = hostile(&server, behaviour, &["a", "b"], &[]);
+        assert_eq!(code, Some(1), "{behaviour}: {stderr}");
+        assert_eq!(rows.len(), 2, "{behaviour}: every row keeps its place");
+        for error in errors(&rows) {
+            assert!(error.starts_with("component: ") && error.contains(expected), "{behaviour}: {error}");
+        }
+    }
+}
+
+#[test]
+fn fuel_stops_a_busy_component() {
+    let server = ProviderServer::start();
+    let (code, _, rows) = hostile(&server, "loop", &["a"], &["--fuel", "10000000", "--call-timeout", "600"]);
+    assert_eq!(code, Some(1));
+    assert!(errors(&rows)[0].contains("fuel"), "{:?}", errors(&rows));
+}
+
+#[test]
+fn a_broken_batch_is_replaced_by_a_fresh_instance() {
+    let server = ProviderServer::start();
+    let (code, _, rows) = hostile(&server, "boom", &["a", "boom", "c", "d", "e"], &["--batch-size", "2"]);
+    assert_eq!(code, Some(1));
+    let answers: Vec<&str> = rows.iter().map(|r| r["answer"].as_str().unwrap()).collect();
+    assert_eq!(answers, ["", "", "ok:c", "ok:d", "ok:e"]);
+    let errors = errors(&rows);
+    assert!(errors[0].contains("component failed") && errors[1].contains("component failed"), "{errors:?}");
+    assert!(errors[2..].iter().all(String::is_empty));
+}
+
+#[test]
+fn a_wrong_number_of_results_is_detected() {
+    let server = ProviderServer::start();
+    for behaviour in ["few", "many"] {
+        let (code, _, rows) = hostile(&server, behaviour, &["a", "b", "c"], &[]);
+        assert_eq!(code, Some(1), "{behaviour}");
+        for error in errors(&rows) {
+            assert!(error.contains("results for 3 rows"), "{behaviour}: {error}");
+        }
+        assert!(rows.iter().all(|r| r["answer"] == ""), "{behaviour}: no output lands anywhere");
+    }
+}
+
+#[test]
+fn requests_outside_the_allowlist_are_denied() {
+    let server = ProviderServer::start();
+    let allowed = server.addr().to_string();
+    let other = ProviderServer::start();
+    let outside = other.addr().to_string();
+    let (code, stderr, rows) = hostile(&server, "outside", &[&allowed, &outside, "169.254.169.254:80"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(rows[0]["answer"], "status 200", "the configured provider is reachable");
+    for row in &rows[1..] {
+        assert!(row["answer"].as_str().unwrap().contains("HttpRequestDenied"), "{row}");
+    }
+    assert!(other.requests().is_empty(), "nothing reached the other server");
+}
+
+#[test]
+fn the_component_sees_no_environment_files_or_sockets() {
+    let server = ProviderServer::start();
+    let target = server.addr().to_string();
+    let (code, _, rows) = hostile(&server, "snoop", &[&target], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(rows[0]["answer"], "env=[] args=[] file=false dir=false socket=false");
+}
+
+#[test]
+fn credentials_are_the_hosts_alone() {
+    let server = ProviderServer::start();
+    let target = server.addr().to_string();
+    let (code, _, rows) = hostile(&server, "authorization", &[&target], &[]);
+    assert_eq!(code, Some(0));
+    let answer = rows[0]["answer"].as_str().unwrap();
+    assert_eq!(answer, "authorization: headers refused: HeaderError::Forbidden; x-api-key: headers refused: HeaderError::Forbidden; plain: status 200");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "only the plain request left the component");
+    assert_eq!(requests[0].header("authorization"), Some(format!("Bearer {OPENAI_KEY}").as_str()));
+}
+
+#[test]
+fn component_output_goes_to_a_capped_log() {
+    let server = ProviderServer::start();
+    let rows: Vec<Value> = vec![json!({"prompt": "a"})];
+    let (_dir, input, output) = dataset(&rows);
+    let ran = harness::run(
+        harness::batchgen()
+            .args(["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()])
+            .args(["--component", HOSTILE, "--generation-model", "chatty", "--input-column", "prompt", "--output-column", "answer"])
+            .env("OPENAI_API_KEY", OPENAI_KEY)
+            .env("OPENAI_BASE_URL", server.openai_base_url())
+            .env("BATCHGEN_LOG", "batchgen::guest=info"),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(read_jsonl(&output)[0]["answer"], "ok:a");
+    // 4 MiB were written; the log holds at most its 64 KiB cap (plus framing).
+    assert!(ran.stderr.contains("xxxxxxxx"), "the output reached the log");
+    assert!(ran.stderr.contains("log cap"), "the cap was announced");
+    assert!(ran.stderr.len() < 256 << 10, "{} bytes of log", ran.stderr.len());
+}
