@@ -4,7 +4,7 @@
 //! missing.
 
 use crate::plugin::bindings::{Config, Endpoints};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub enum ConfigError {
 
 /// The spec's parameters as a config file (or flags) gives them; every field
 /// is optional so that flags can fill in or override any of them.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
     pub generation_model: Option<String>,
@@ -60,7 +60,13 @@ impl JobFile {
     pub fn read(path: &Path) -> Result<JobFile, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        let mut deserializer = serde_json::Deserializer::from_str(&text);
+        JobFile::parse(&text, &shown)
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<JobFile, ConfigError> {
+        let shown = origin.to_string();
+        let mut deserializer = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let field = error.path().to_string();
             let inner = error.into_inner();

@@ -227,6 +227,8 @@ impl Measured {
 struct StandIn {
     child: Child,
     openai_base_url: String,
+    /// Kept open: the server may print more, and a closed pipe would kill it.
+    _stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl StandIn {
@@ -245,7 +247,7 @@ impl StandIn {
         let openai_base_url = lines
             .find_map(|line| line.ok()?.strip_prefix("OPENAI_BASE_URL=").map(str::to_string))
             .ok_or("the stand-in server printed no URL")?;
-        Ok(StandIn { child, openai_base_url })
+        Ok(StandIn { child, openai_base_url, _stdout: lines })
     }
 
     fn stop(&mut self) {
