@@ -6,6 +6,8 @@
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
+//! - `bench-start`: compile, cache-load and instantiation times, and the
+//!   whole-process start of `batchgen models`, cold and warm.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -18,7 +20,8 @@ fn main() -> ExitCode {
         "example" => setup().and_then(|()| example()),
         "bench" => setup().and_then(|()| bench(std::env::args().skip(2).collect())),
         "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
-        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream".to_string()),
+        "bench-start" => setup().and_then(|()| bench_start()),
+        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,6 +191,23 @@ fn bench_stream(args: Vec<String>) -> Result<(), String> {
     println!("peak RSS         {:.1} MiB", measured.max_rss_kib as f64 / 1024.0);
     if measured.exit != 0 {
         return Err(format!("batchgen exited with {}", measured.exit));
+    }
+    Ok(())
+}
+
+/// Start-up benchmark: the library's own figures (`bench-instantiate`),
+/// then `batchgen models` as a whole process with an empty and a warm cache.
+fn bench_start() -> Result<(), String> {
+    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "bench-instantiate"]))?;
+    let release = root().join("target/release");
+    run(&mut Command::new(release.join("bench-instantiate")))?;
+    let cache = root().join("target/bench/start-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    for label in ["cold (empty cache)", "warm (cached)     "] {
+        let measured = Measured::run(
+            Command::new(release.join("batchgen")).arg("models").env("BATCHGEN_CACHE_DIR", &cache).stdout(Stdio::null()),
+        )?;
+        println!("batchgen models, {label}  {:.1} ms wall, {:.1} MiB peak RSS", measured.wall * 1000.0, measured.max_rss_kib as f64 / 1024.0);
     }
     Ok(())
 }
