@@ -88,6 +88,13 @@ struct RunArgs {
     /// OpenAI-compatible server (vLLM, llama.cpp, Ollama) for `Local`, e.g. http://localhost:8000/v1.
     #[arg(long, value_name = "URL", env = "BATCHGEN_LOCAL_URL")]
     local_url: Option<String>,
+    /// GGUF model (llama family) for `Local` when no --local-url is given
+    /// [default: models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by `cargo xtask setup`].
+    #[arg(long, value_name = "PATH", env = "BATCHGEN_LOCAL_MODEL")]
+    local_model: Option<PathBuf>,
+    /// Seed of the embedded model's sampling: the same seed gives the same outputs [default: 0].
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    seed: u64,
     #[arg(long, env = "OPENAI_BASE_URL", default_value = batchgen::config::DEFAULT_OPENAI_BASE_URL, hide_default_value = true, value_name = "URL")]
     /// Base URL of the OpenAI API [env: OPENAI_BASE_URL; default: https://api.openai.com/v1].
     openai_base_url: String,
@@ -181,6 +188,8 @@ impl RunArgs {
             },
             keys: ApiKeys::from_env(),
             local_url: self.local_url,
+            local_model: self.local_model,
+            seed: self.seed,
             component: self.component.component,
             cache_dir: cache::default_dir(),
             fresh: self.fresh,

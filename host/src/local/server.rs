@@ -28,6 +28,10 @@ impl ServerModel {
         ServerModel { base: base.trim_end_matches('/').to_string(), client, default_model: OnceCell::new() }
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn generate(self: &Arc<Self>, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
         let count = requests.len();
         let mut tasks = tokio::task::JoinSet::new();

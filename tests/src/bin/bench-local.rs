@@ -1,0 +1,67 @@
+//! Decoding speed of the embedded local model: tokens per second for one
+//! sequence and for a batch of 16 decoded together. Run in release by
+//! `cargo xtask bench-local [MODEL]`.
+
+use batchgen::local::EmbeddedModel;
+use batchgen::plugin::bindings::LocalRequest;
+use std::path::PathBuf;
+use std::time::Instant;
+
+const PROMPTS: [&str; 16] = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how rainbows form.",
+    "Describe the water cycle for a child.",
+    "List some uses of copper.",
+    "Tell me about the history of tea.",
+    "Why do cats purr?",
+    "Describe a busy market in the morning.",
+    "Explain what a compiler does.",
+    "Write a poem about autumn leaves.",
+    "How do bees make honey?",
+    "Describe the surface of Mars.",
+    "Explain the rules of chess briefly.",
+    "What makes bread rise?",
+    "Describe a thunderstorm at sea.",
+    "Why is exercise good for the heart?",
+    "Tell me about the invention of the printing press.",
+];
+
+fn requests(count: usize, max_tokens: u32) -> Vec<LocalRequest> {
+    PROMPTS[..count]
+        .iter()
+        .map(|prompt| LocalRequest {
+            model: None,
+            system_prompt: None,
+            prompt: prompt.to_string(),
+            // Sampling keeps answers from ending early, as greedy ones may.
+            temperature: 0.8,
+            top_p: 0.95,
+            max_tokens,
+        })
+        .collect()
+}
+
+fn main() {
+    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(batchgen::local::embedded::DEFAULT_MODEL));
+    let cache = batchgen::plugin::cache::default_dir();
+    let started = Instant::now();
+    let model = EmbeddedModel::load(&path, cache.as_deref(), 1).expect("the model loads");
+    println!("load (converted weights cached)  {:.2} s", started.elapsed().as_secs_f64());
+    let max_tokens = 64;
+    let mut single_rate = 0.0;
+    for batch in [1usize, 16] {
+        let requests = requests(batch, max_tokens);
+        let started = Instant::now();
+        let results = model.generate(&requests);
+        let seconds = started.elapsed().as_secs_f64();
+        let tokens: u32 = results.iter().map(|r| r.as_ref().expect("generates").output_tokens).sum();
+        let rate = f64::from(tokens) / seconds;
+        if batch == 1 {
+            single_rate = rate;
+        }
+        println!(
+            "batch {batch:>2}: {tokens:>4} tokens in {seconds:.2} s = {rate:.1} tokens/s{}",
+            if batch > 1 { format!(" ({:.2}x one sequence)", rate / single_rate) } else { String::new() }
+        );
+    }
+}

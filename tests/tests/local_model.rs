@@ -1,0 +1,109 @@
+//! The embedded `Local` model: real generation through the component and
+//! the host, reproducible by seed, with clear errors for a bad model file.
+
+mod common;
+
+use batchgen::local::EmbeddedModel;
+use batchgen::plugin::bindings::LocalRequest;
+use batchgen::run::{RunOptions, run};
+use batchgen_tests::harness;
+use common::*;
+use serde_json::json;
+use std::path::PathBuf;
+
+fn model_path() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: `cargo xtask setup` fetches it", path.display());
+    path
+}
+
+fn local_options(input: &std::path::Path, output: &std::path::Path, seed: u64, temperature: f64) -> RunOptions {
+    let mut job = job("Local");
+    job.max_tokens = 16;
+    job.temperature = temperature;
+    job.top_p = 0.9;
+    job.system_prompt = Some("Answer in one short sentence.".into());
+    RunOptions {
+        local_model: Some(model_path()),
+        seed,
+        cache_dir: Some(harness::cache_dir()),
+        fresh: true,
+        ..RunOptions::new(input, output, job)
+    }
+}
+
+fn answers(path: &std::path::Path) -> Vec<String> {
+    read_jsonl(path).iter().map(|row| row["answer"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generates_through_the_component_reproducibly_by_seed() {
+    let rows = [
+        json!({"prompt": "What is the capital of France?"}),
+        json!({"prompt": "Name a primary colour."}),
+        json!({"prompt": "What do bees make?"}),
+    ];
+    let (dir, input, output) = dataset(&rows);
+    let summary = run(&local_options(&input, &output, 7, 0.8)).await.unwrap();
+    assert_eq!((summary.rows, summary.failed), (3, 0));
+    assert!(summary.input_tokens >= 3 * 10, "the chat template and prompt are counted: {}", summary.input_tokens);
+    assert!(summary.output_tokens >= 3 && summary.output_tokens <= 3 * 16, "{}", summary.output_tokens);
+    let first = answers(&output);
+    assert!(first.iter().all(|a| !a.trim().is_empty()), "{first:?}");
+
+    let again = dir.path().join("again.jsonl");
+    run(&local_options(&input, &again, 7, 0.8)).await.unwrap();
+    assert_eq!(answers(&again), first, "the same seed gives the same outputs");
+
+    let other = dir.path().join("other-seed.jsonl");
+    run(&local_options(&input, &other, 8, 0.8)).await.unwrap();
+    assert_ne!(answers(&other), first, "another seed samples differently");
+}
+
+#[test]
+fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
+    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 0).unwrap();
+    let request = |prompt: &str, max_tokens: u32| LocalRequest {
+        model: None,
+        system_prompt: None,
+        prompt: prompt.into(),
+        temperature: 0.0,
+        top_p: 1.0,
+        max_tokens,
+    };
+    // A long answer cut at 5 tokens, a short one that ends by itself, and
+    // prompts of different lengths decoded in one padded batch.
+    let requests = [
+        request("Write a long essay about the history of Rome.", 5),
+        request("Reply with just the word yes.", 40),
+        request("Hi", 5),
+    ];
+    let results = model.generate(&requests);
+    let cut = results[0].as_ref().unwrap();
+    assert_eq!((cut.finish_reason.as_str(), cut.output_tokens), ("length", 5));
+    let short = results[1].as_ref().unwrap();
+    assert_eq!(short.finish_reason, "stop", "{short:?}");
+    assert!(short.output_tokens < 40 && !short.text.is_empty(), "{short:?}");
+    for result in &results {
+        let completion = result.as_ref().unwrap();
+        assert!(completion.input_tokens > 5, "{completion:?}");
+    }
+    // Greedy decoding of one prompt alone gives what it gave in the batch.
+    let alone = model.generate(&requests[..1]);
+    assert_eq!(alone[0].as_ref().unwrap().text, cut.text);
+}
+
+#[test]
+fn a_missing_or_corrupt_model_is_a_clear_error() {
+    let server = batchgen_tests::provider::ProviderServer::start();
+    let (dir, input, output) = dataset(&numbered_rows(1));
+    let missing = dir.path().join("nowhere.gguf");
+    let corrupt = dir.path().join("corrupt.gguf");
+    std::fs::write(&corrupt, b"GGUF but not really a model").unwrap();
+    for (model, needle) in [(&missing, "does not exist"), (&corrupt, "could not be loaded")] {
+        let ran = cli(&server, &["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", "Local", "--input-column", "prompt", "--output-column", "answer", "--local-model", model.to_str().unwrap()]);
+        assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+        assert!(ran.stderr.contains(needle) && ran.stderr.contains(model.to_str().unwrap()), "{}", ran.stderr);
+        assert!(!output.exists());
+    }
+}
