@@ -24,6 +24,12 @@ enum Command {
     Run(RunArgs),
     /// List the generation models, their provider ids and providers.
     Models(ComponentArgs),
+    /// Write the embedded component (WASI 0.2, world batchgen:plugin/batch-plugin) to FILE,
+    /// for other component hosts and runtimes.
+    Component {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -223,6 +229,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let summary = run::run(&options).await?;
             eprintln!("batchgen: wrote {}: {summary}", options.output.display());
             Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Component { out } => {
+            std::fs::write(&out, batchgen::plugin::EMBEDDED_COMPONENT).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("batchgen: wrote {} ({} bytes)", out.display(), batchgen::plugin::EMBEDDED_COMPONENT.len());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Models(args) => {
             let plugin = run::load_plugin(args.component.as_deref(), cache::default_dir().as_deref(), Limits::default())

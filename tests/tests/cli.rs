@@ -245,3 +245,25 @@ fn models_lists_labels_ids_and_retirements() {
         assert!(ran.stdout.contains(needle), "{needle}: {}", ran.stdout);
     }
 }
+
+#[test]
+fn the_component_is_an_artifact_that_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("batchgen.wasm");
+    let ran = batchgen_tests::harness::run(batchgen_tests::harness::batchgen().args(["component", "--out", path(&out)]));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes, batchgen::plugin::EMBEDDED_COMPONENT);
+    // A component (not a core module): the layer field of the header is 1.
+    assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0");
+    let ran = batchgen_tests::harness::run(batchgen_tests::harness::batchgen().args(["models", "--component", path(&out)]));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("OpenAI GPT 4o Mini"));
+}
+
+#[test]
+fn the_wit_package_version_follows_the_project_version() {
+    let wit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/batchgen.wit")).unwrap();
+    let declared = wit.lines().find_map(|line| line.strip_prefix("package batchgen:plugin@")).unwrap().trim_end_matches(';');
+    assert_eq!(declared, env!("CARGO_PKG_VERSION"), "bump both together: the WIT package is the interface's version");
+}

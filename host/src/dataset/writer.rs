@@ -324,34 +324,12 @@ impl Writer {
                 }
             }
             (Sink::ArrowJson { out, schema }, Rows::Parquet(batches)) => {
-                let mut offset = 0;
-                for batch in batches {
-                    let n = batch.num_rows();
-                    let batch = with_outputs(
-                        &batch,
-                        schema,
-                        &texts[offset..offset + n],
-                        &errors[offset..offset + n],
-                    )
+                each_with_outputs(batches, schema, &texts, &errors, |batch| out.write(batch))
                     .map_err(|e| arrow_error(path, e))?;
-                    out.write(&batch).map_err(|e| arrow_error(path, e))?;
-                    offset += n;
-                }
             }
             (Sink::ArrowCsv { out, schema }, Rows::Parquet(batches)) => {
-                let mut offset = 0;
-                for batch in batches {
-                    let n = batch.num_rows();
-                    let batch = with_outputs(
-                        &batch,
-                        schema,
-                        &texts[offset..offset + n],
-                        &errors[offset..offset + n],
-                    )
+                each_with_outputs(batches, schema, &texts, &errors, |batch| out.write(batch))
                     .map_err(|e| arrow_error(path, e))?;
-                    out.write(&batch).map_err(|e| arrow_error(path, e))?;
-                    offset += n;
-                }
             }
             (Sink::Parquet { out, schema, json }, rows) => {
                 let batches: Vec<RecordBatch> = match rows {
@@ -556,4 +534,21 @@ fn parquet_error(path: &Path, source: ParquetError) -> DatasetError {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Hands each of `batches`, with its slice of the outputs appended, to `write`.
+fn each_with_outputs(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+    texts: &[&str],
+    errors: &[Option<&str>],
+    mut write: impl FnMut(&RecordBatch) -> Result<(), ArrowError>,
+) -> Result<(), ArrowError> {
+    let mut offset = 0;
+    for batch in batches {
+        let n = batch.num_rows();
+        write(&with_outputs(&batch, schema, &texts[offset..offset + n], &errors[offset..offset + n])?)?;
+        offset += n;
+    }
+    Ok(())
 }

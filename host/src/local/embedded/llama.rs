@@ -9,29 +9,62 @@
 //! sequence: that is where batching wins on a CPU.
 
 use candle_core::quantized::{QMatMul, gguf_file};
+
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use std::io::{Read, Seek};
 
 /// Positions covered by the rotary tables; SmolLM2 is trained to 8192.
 const MAX_POSITIONS: usize = 8192;
 
+/// Rows (sequences × positions) from which a dense f32 matmul beats the
+/// quantized kernel: candle's Q8_0 kernel does the same work per row, so a
+/// batch gains nothing through it, while a dense GEMM reuses each weight
+/// across all rows from cache.
+const DENSE_FROM_ROWS: usize = 4;
+
+/// A projection kept twice: quantized for single-sequence decoding (memory
+/// bound: fewer bytes win) and dense, transposed for GEMM, for batches.
+struct Weight {
+    quantized: QMatMul,
+    dense: Tensor,
+}
+
+impl Weight {
+    fn new(tensor: candle_core::quantized::QTensor, device: &Device) -> Result<Weight> {
+        let dense = tensor.dequantize(device)?.t()?.contiguous()?;
+        Ok(Weight { quantized: QMatMul::from_qtensor(tensor)?, dense })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let width = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / width;
+        if rows < DENSE_FROM_ROWS {
+            return self.quantized.forward(x);
+        }
+        // One GEMM over all rows: a batched matmul would run one per sequence.
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().unwrap() = self.dense.dim(1)?;
+        x.reshape((rows, width))?.matmul(&self.dense)?.reshape(shape)
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
 }
 
 pub struct Llama {
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Weight,
     cos: Tensor,
     sin: Tensor,
     n_head: usize,
@@ -96,22 +129,22 @@ impl Llama {
         // them, as SmolLM2 does.
         let embeddings = token_embd.dequantize_f16(device)?;
         let output = match tensor("output.weight") {
-            Ok(output) => QMatMul::from_qtensor(output)?,
-            Err(_) => QMatMul::from_qtensor(token_embd)?,
+            Ok(output) => Weight::new(output, device)?,
+            Err(_) => Weight::new(token_embd, device)?,
         };
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
             let mut weight = |part: &str| tensor(&format!("blk.{i}.{part}.weight"));
             layers.push(Layer {
                 attn_norm: weight("attn_norm")?.dequantize(device)?,
-                wq: QMatMul::from_qtensor(weight("attn_q")?)?,
-                wk: QMatMul::from_qtensor(weight("attn_k")?)?,
-                wv: QMatMul::from_qtensor(weight("attn_v")?)?,
-                wo: QMatMul::from_qtensor(weight("attn_output")?)?,
+                wq: Weight::new(weight("attn_q")?, device)?,
+                wk: Weight::new(weight("attn_k")?, device)?,
+                wv: Weight::new(weight("attn_v")?, device)?,
+                wo: Weight::new(weight("attn_output")?, device)?,
                 ffn_norm: weight("ffn_norm")?.dequantize(device)?,
-                gate: QMatMul::from_qtensor(weight("ffn_gate")?)?,
-                up: QMatMul::from_qtensor(weight("ffn_up")?)?,
-                down: QMatMul::from_qtensor(weight("ffn_down")?)?,
+                gate: Weight::new(weight("ffn_gate")?, device)?,
+                up: Weight::new(weight("ffn_up")?, device)?,
+                down: Weight::new(weight("ffn_down")?, device)?,
             });
         }
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
@@ -185,38 +218,93 @@ impl Llama {
             None => (k, v),
         };
         *kv = Some((k.clone(), v.clone()));
-        // Grouped-query attention: each key/value head serves several query heads.
+        // Grouped-query attention without copying keys and values per query
+        // head: the query heads sharing a key/value head are stacked along
+        // the position axis, so one matmul per key/value head covers them.
         let group = self.n_head / self.n_kv_head;
-        let expand = |t: &Tensor| -> Result<Tensor> {
-            let (b, h, len, d) = t.dims4()?;
-            t.unsqueeze(2)?.expand((b, h, group, len, d))?.reshape((b, h * group, len, d))
-        };
-        let (k, v) = (expand(&k)?, expand(&v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
+        let q = q.reshape((batch, self.n_kv_head, group * steps, self.head_dim))?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let weights = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
-        let out = weights.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((batch, steps, width))?;
+        let out = weights
+            .matmul(&v)?
+            .reshape((batch, self.n_head, steps, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, steps, width))?;
         layer.wo.forward(&out)
     }
 
     /// 0 where query `i` of sequence `b` may see key `j`, −∞ elsewhere: the
     /// future (causal) and the sequence's own left padding.
+    ///
+    /// Rows follow the stacked query layout of `attention`: row `r * steps
+    /// + i` is query position `i` of the `r`-th head in a group.
     fn mask(&self, batch: usize, steps: usize, start: usize, padding: &[usize], device: &Device) -> Result<Tensor> {
         let keys = start + steps;
-        let mut values = vec![0f32; batch * steps * keys];
+        let rows = (self.n_head / self.n_kv_head) * steps;
+        let mut values = vec![0f32; batch * rows * keys];
         for (b, &pad) in padding.iter().enumerate() {
-            for i in 0..steps {
+            for row in 0..rows {
+                let position = start + row % steps;
                 for j in 0..keys {
-                    if j < pad || j > start + i {
-                        values[(b * steps + i) * keys + j] = f32::NEG_INFINITY;
+                    // A padding position sees only itself: a row with every
+                    // key masked would softmax to NaN, and NaN spreads
+                    // through the next layer's keys to the real tokens.
+                    let hidden = j > position || (j < pad && j != position);
+                    if hidden {
+                        values[(b * rows + row) * keys + j] = f32::NEG_INFINITY;
                     }
                 }
             }
         }
-        Tensor::from_vec(values, (batch, 1, steps, keys), device)
+        Tensor::from_vec(values, (batch, 1, rows, keys), device)
     }
 }
 
 /// Logits as plain vectors, one per sequence.
 pub fn rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     logits.to_dtype(DType::F32)?.to_vec2::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+
+    #[test]
+    fn dense_and_quantized_projections_agree() {
+        let device = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (1536, 576), &device).unwrap();
+        let weight = Weight::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap(), &device).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 38, 576), &device).unwrap();
+        let dense = weight.forward(&x).unwrap();
+        let quantized = weight.quantized.forward(&x).unwrap();
+        let exact = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff(&dense, &exact) < 2.0, "dense {}", diff(&dense, &exact));
+        assert!(diff(&quantized, &exact) < 2.0, "quantized {}", diff(&quantized, &exact));
+    }
+
+    /// The default model's own weights, when `cargo xtask setup` has
+    /// fetched them: both projection paths give the same results.
+    #[test]
+    fn dense_and_quantized_agree_on_real_weights() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !path.exists() {
+            return;
+        }
+        let device = Device::Cpu;
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "token_embd.weight"] {
+            let q = content.tensor(&mut file, name, &device).unwrap();
+            let q = if q.dtype() == GgmlDType::Q4_1 { QTensor::quantize(&q.dequantize(&device).unwrap(), GgmlDType::Q8_0).unwrap() } else { q };
+            let shape = q.shape().clone();
+            let weight = Weight::new(q, &device).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 5, shape.dims()[1]), &device).unwrap();
+            let dense = weight.forward(&x).unwrap();
+            let quantized = weight.quantized.forward(&x).unwrap();
+            let d = (dense - quantized).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1.0, "{name}: {d}");
+        }
+    }
 }

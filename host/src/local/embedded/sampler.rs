@@ -20,9 +20,15 @@ impl Sampler {
             return argmax(logits);
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        // Tokens below a 1e-12 share of the top token's weight cannot matter
+        // (all of them together hold under 1e-7 of the mass); dropping them
+        // first keeps the top-p sort to a few hundred candidates, not the
+        // whole vocabulary, on every step of every sequence.
+        let floor = (1e-12f64).ln() * self.temperature;
         let mut probabilities: Vec<(u32, f64)> = logits
             .iter()
             .enumerate()
+            .filter(|&(_, &l)| l as f64 - max >= floor)
             .map(|(i, &l)| (i as u32, ((l as f64 - max) / self.temperature).exp()))
             .collect();
         let total: f64 = probabilities.iter().map(|(_, p)| p).sum();
