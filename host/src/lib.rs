@@ -7,10 +7,12 @@
 //! [`run::run`] is the whole job; the `batchgen` binary is a thin CLI over it.
 
 pub mod config;
+pub mod cost;
 pub mod dataset;
 pub mod journal;
 pub mod local;
 pub mod outbound;
 pub mod pace;
 pub mod plugin;
+pub mod progress;
 pub mod run;

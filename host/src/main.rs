@@ -5,7 +5,12 @@ use batchgen::config::{ApiKeys, Job, JobFile, ProviderEndpoints};
 use batchgen::plugin::cache;
 use batchgen::plugin::sandbox::Limits;
 use batchgen::run::{self, RunOptions};
+use batchgen::progress::Progress;
+use batchgen::run::Summary;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -109,6 +114,12 @@ struct RunArgs {
     anthropic_base_url: String,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    /// No progress output (errors and the final summary still print).
+    #[arg(long, short)]
+    quiet: bool,
+    /// Also write the summary, usage and estimated cost as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Ignore and discard the work saved for OUTPUT by earlier runs
     /// (its `.batchgen-journal` file) and generate every row again.
     #[arg(long)]
@@ -225,9 +236,20 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
+            let (quiet, report) = (args.quiet, args.report.clone());
             let options = args.options()?;
-            let summary = run::run(&options).await?;
+            let progress = ProgressLine::new(quiet);
+            let summary = run::run_with_progress(&options, &progress).await?;
             eprintln!("batchgen: wrote {}: {summary}", options.output.display());
+            eprintln!("{}", usage_table(&summary));
+            if let Some(path) = report {
+                let mut value = serde_json::to_value(&summary)?;
+                value["estimated_cost_usd"] = summary.estimated_cost().into();
+                value["prices_as_of"] = batchgen::cost::PRICES_AS_OF.into();
+                value["retries"] = summary.retries().into();
+                std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")
+                    .with_context(|| format!("writing the report {}", path.display()))?;
+            }
             Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Component { out } => {
@@ -243,6 +265,81 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{:<20} {:<10} {:<28} {}", model.label, model.provider, model.model_id, model.note.unwrap_or_default());
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Usage and estimated cost, as a small table for the end of a run.
+fn usage_table(summary: &Summary) -> String {
+    let cost = match summary.estimated_cost() {
+        Some(usd) => format!("${usd:.4}"),
+        None => "unknown (no price for this model id)".to_string(),
+    };
+    format!(
+        "{:<20} {:<28} {:>12} {:>12}  {}\n{:<20} {:<28} {:>12} {:>12}  {} (list prices as of {})",
+        "model", "model id", "tokens in", "tokens out", "estimated cost",
+        summary.model, summary.model_id, summary.input_tokens, summary.output_tokens, cost,
+        batchgen::cost::PRICES_AS_OF
+    )
+}
+
+/// Progress on stderr: a bar on a terminal, a plain line every few seconds
+/// otherwise (logs, CI), nothing with `--quiet`.
+struct ProgressLine {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    last_line: Mutex<Instant>,
+}
+
+/// How often the plain (non-terminal) progress line is printed.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+impl ProgressLine {
+    fn new(quiet: bool) -> ProgressLine {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = (!quiet && terminal).then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} rows  ETA {eta}  {msg}")
+                    .expect("a valid template"),
+            );
+            bar
+        });
+        ProgressLine { bar, plain: !quiet && !terminal, last_line: Mutex::new(Instant::now()) }
+    }
+}
+
+impl Progress for ProgressLine {
+    fn started(&self, rows: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(rows);
+        }
+    }
+
+    fn advanced(&self, so_far: &Summary) {
+        let rate = so_far.rows as f64 / so_far.elapsed.as_secs_f64().max(1e-9);
+        let note = format!("{rate:.1} rows/s, {} failed, {} retries, {} reused", so_far.failed, so_far.retries(), so_far.reused);
+        if let Some(bar) = &self.bar {
+            bar.set_position(so_far.rows);
+            bar.set_message(note);
+        } else if self.plain {
+            let mut last = self.last_line.lock().unwrap();
+            if last.elapsed() >= PLAIN_EVERY {
+                *last = Instant::now();
+                let left = so_far.total_rows.saturating_sub(so_far.rows) as f64 / rate.max(1e-9);
+                eprintln!(
+                    "batchgen: {}/{} rows ({:.0}%), ETA {left:.0} s, {note}",
+                    so_far.rows,
+                    so_far.total_rows,
+                    100.0 * so_far.rows as f64 / so_far.total_rows.max(1) as f64
+                );
+            }
+        }
+    }
+
+    fn finished(&self, _: &Summary) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

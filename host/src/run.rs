@@ -6,6 +6,7 @@ use crate::dataset::{self, Chunk, DatasetError, Format, Reader, Writer};
 use crate::local::{EmbeddedModel, LocalModel, ServerModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::pace::{PaceSettings, Pacer};
+use crate::progress::{Progress, Silent};
 use crate::plugin::bindings::{ConfigProblem, Generation, ModelInfo, RowError};
 use crate::plugin::sandbox::Limits;
 use crate::plugin::{cache, Plugin, PluginError, Session, EMBEDDED_COMPONENT};
@@ -95,9 +96,15 @@ fn list(problems: &[ConfigProblem]) -> String {
     problems.iter().map(|p| format!("\n  {}: {}", p.field, p.message)).collect()
 }
 
-/// What a run did.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What a run did. Serialises as the `--report` JSON.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
+    /// The generation model's label, provider and the id requested.
+    pub model: String,
+    pub provider: String,
+    pub model_id: String,
+    /// Rows in the input.
+    pub total_rows: u64,
     pub rows: u64,
     pub failed: u64,
     pub input_tokens: u64,
@@ -110,7 +117,24 @@ pub struct Summary {
     pub rate_limit_cuts: u64,
     /// The lowest concurrency limit of the run.
     pub lowest_concurrency: usize,
+    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+impl Summary {
+    /// Requests beyond the first for rows generated this run.
+    pub fn retries(&self) -> u64 {
+        self.attempts.saturating_sub(self.rows - self.failed - self.reused)
+    }
+
+    /// Estimated USD for this run's tokens (see [`crate::cost`]).
+    pub fn estimated_cost(&self) -> Option<f64> {
+        crate::cost::estimate(&self.provider, &self.model_id, self.input_tokens, self.output_tokens)
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -150,6 +174,11 @@ pub async fn list_models(plugin: &Plugin) -> Result<Vec<ModelInfo>, PluginError>
 /// Runs the job. Every check happens before the first request: paths,
 /// config, credentials, and a full pass over the input.
 pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
+    run_with_progress(options, &Silent).await
+}
+
+/// [`run`], reporting progress to `progress` after each batch.
+pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) -> Result<Summary, RunError> {
     let started = Instant::now();
     Format::from_path(&options.input)?;
     Format::from_path(&options.output)?;
@@ -202,7 +231,14 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
         idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
     }
 
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        model: model.label.clone(),
+        provider: model.provider.clone(),
+        model_id: params.model_id.clone(),
+        total_rows: survey.rows,
+        ..Summary::default()
+    };
+    progress.started(survey.rows);
     // Batches read but not yet written, by sequence number; a batch's
     // results arrive in any order but are written strictly in order.
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
@@ -234,6 +270,8 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
         while pending.first_key_value().is_some_and(|(_, batch)| batch.results.is_some()) {
             let (_, batch) = pending.pop_first().unwrap();
             write_batch(batch, &mut writer, &mut summary)?;
+            summary.elapsed = started.elapsed();
+            progress.advanced(&summary);
         }
         if pending.is_empty() {
             if exhausted {
@@ -280,6 +318,7 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
     summary.lowest_concurrency = pace.lowest_limit;
     writer.finish()?;
     summary.elapsed = started.elapsed();
+    progress.finished(&summary);
     Ok(summary)
 }
 

@@ -267,3 +267,22 @@ fn the_wit_package_version_follows_the_project_version() {
     let declared = wit.lines().find_map(|line| line.strip_prefix("package batchgen:plugin@")).unwrap().trim_end_matches(';');
     assert_eq!(declared, env!("CARGO_PKG_VERSION"), "bump both together: the WIT package is the interface's version");
 }
+
+#[test]
+fn the_run_reports_usage_and_estimated_cost() {
+    let server = ProviderServer::start();
+    let (dir, input, output) = dataset(&numbered_rows(4));
+    let report = dir.path().join("report.json");
+    let ran = cli(&server, &[&base_args(&input, &output)[..], &["--report", path(&report), "--quiet"]].concat());
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stderr.contains("estimated cost") && ran.stderr.contains("gpt-4o-mini"), "{}", ran.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["model"], "OpenAI GPT 4o Mini");
+    assert_eq!(report["model_id"], "gpt-4o-mini");
+    assert_eq!((report["rows"].as_u64(), report["failed"].as_u64(), report["retries"].as_u64()), (Some(4), Some(0), Some(0)));
+    // The stand-in counts words: 2 in, 3 out per row ("row N" -> "echo: row N").
+    assert_eq!((report["input_tokens"].as_u64(), report["output_tokens"].as_u64()), (Some(8), Some(12)));
+    let expected = (8.0 * 0.15 + 12.0 * 0.60) / 1e6;
+    assert!((report["estimated_cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12, "{report}");
+    assert!(report["prices_as_of"].is_string());
+}
