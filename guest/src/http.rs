@@ -65,7 +65,8 @@ impl InFlight {
         let headers = Fields::from_list(&request.headers)
             .map_err(|e| Failure::Other(format!("the host refused a request header: {e:?}")))?;
         let outgoing = OutgoingRequest::new(headers);
-        outgoing.set_method(&Method::Post).map_err(|()| other("method"))?;
+        let method = if request.get { Method::Get } else { Method::Post };
+        outgoing.set_method(&method).map_err(|()| other("method"))?;
         let scheme = if request.https { Scheme::Https } else { Scheme::Http };
         outgoing.set_scheme(Some(&scheme)).map_err(|()| other("scheme"))?;
         outgoing.set_authority(Some(&request.authority)).map_err(|()| other("authority"))?;
@@ -156,6 +157,25 @@ impl InFlight {
                     }
                 }
             },
+        }
+    }
+}
+
+/// Sends one request and waits for its whole reply, at most `timeout_ns`.
+pub fn fetch(request: &HttpRequest, timeout_ns: u64) -> Result<HttpReply, Failure> {
+    let deadline = wasip2::clocks::monotonic_clock::now().saturating_add(timeout_ns);
+    let mut flight = InFlight::start(request)?;
+    loop {
+        let now = wasip2::clocks::monotonic_clock::now();
+        if now >= deadline {
+            return Err(Failure::Http(ErrorCode::HttpResponseTimeout));
+        }
+        let timer = wasip2::clocks::monotonic_clock::subscribe_duration(deadline - now);
+        wasip2::io::poll::poll(&[flight.pollable(), &timer]);
+        drop(timer);
+        match flight.advance() {
+            Step::Pending(next) => flight = next,
+            Step::Done(result) => return result,
         }
     }
 }

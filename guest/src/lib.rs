@@ -29,7 +29,7 @@ wit_bindgen::generate!({
 });
 
 use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
-use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo};
+use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, RequestPreview};
 
 struct Component;
 
@@ -40,6 +40,50 @@ impl Guest for Component {
 
     fn find_model(generation_model: String) -> Option<ModelInfo> {
         models::Model::find(&generation_model).map(models::Model::info)
+    }
+
+    fn preview_request(config: Config, input: String) -> Result<Option<RequestPreview>, String> {
+        let plan = config::Plan::new(&config).map_err(|problems| config::describe(&problems))?;
+        let config::Target::Remote(remote) = &plan.target else { return Ok(None) };
+        let request = providers::build_request(&plan, remote, &input);
+        Ok(Some(RequestPreview {
+            method: "POST".into(),
+            url: format!("{}://{}{}", if request.https { "https" } else { "http" }, request.authority, request.path),
+            headers: request
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), String::from_utf8_lossy(value).into_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(&request.body).into_owned(),
+        }))
+    }
+
+    fn preflight(config: Config) -> Result<(), RowError> {
+        let plan = config::Plan::new(&config).map_err(|problems| RowError::InvalidRequest(config::describe(&problems)))?;
+        let config::Target::Remote(remote) = &plan.target else { return Ok(()) };
+        let reply = match http::fetch(&providers::models_request(remote), plan.request_timeout_ns) {
+            Ok(reply) => reply,
+            Err(failure) => {
+                return Err(match http::transport_verdict(failure) {
+                    providers::Verdict::Done(Err(error)) | providers::Verdict::Retry { error, .. } => error,
+                    providers::Verdict::Done(Ok(_)) => unreachable!("a transport failure is never a completion"),
+                });
+            }
+        };
+        match reply.status {
+            // A server without a model list (some compatible ones) cannot
+            // be checked; the run will tell.
+            404 => Ok(()),
+            200..=299 => match providers::lists_model(&reply.body, &plan.model_id) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(RowError::NotFound(plan.model.not_found_hint(&plan.model_id))),
+                Err(message) => Err(RowError::MalformedReply(message)),
+            },
+            _ => match providers::interpret(&plan, remote.kind, &reply) {
+                providers::Verdict::Done(Err(error)) | providers::Verdict::Retry { error, .. } => Err(error),
+                providers::Verdict::Done(Ok(_)) => Ok(()),
+            },
+        }
     }
 
     fn check_config(config: Config) -> Vec<ConfigProblem> {

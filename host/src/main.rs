@@ -114,6 +114,14 @@ struct RunArgs {
     anthropic_base_url: String,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    /// Check everything, print the first request that would be sent (key
+    /// redacted) and the number of rows, and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Skip the check of key and model id (one request to the provider's
+    /// model list) made before a run.
+    #[arg(long)]
+    no_preflight: bool,
     /// No progress output (errors and the final summary still print).
     #[arg(long, short)]
     quiet: bool,
@@ -211,6 +219,7 @@ impl RunArgs {
             cache_dir: cache::default_dir(),
             fresh: self.fresh,
             limits: self.sandbox.limits()?,
+            preflight: !self.no_preflight,
         })
     }
 }
@@ -236,8 +245,12 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
-            let (quiet, report) = (args.quiet, args.report.clone());
+            let (quiet, report, dry) = (args.quiet, args.report.clone(), args.dry_run);
             let options = args.options()?;
+            if dry {
+                print_dry_run(&run::dry_run(&options).await?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let progress = ProgressLine::new(quiet);
             let summary = run::run_with_progress(&options, &progress).await?;
             eprintln!("batchgen: wrote {}: {summary}", options.output.display());
@@ -340,6 +353,25 @@ impl Progress for ProgressLine {
     fn finished(&self, _: &Summary) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_dry_run(dry: &run::DryRun) {
+    println!("dry run: {} rows would be generated with {} ({}{}); nothing was sent", dry.rows, dry.model.label, dry.model.provider,
+        if dry.model.model_id.is_empty() { String::new() } else { format!(", {}", dry.model.model_id) });
+    match &dry.request {
+        None => println!("rows go to the local model; no HTTP request is made"),
+        Some(request) => {
+            println!("first request:\n{} {}", request.method, request.url);
+            for (name, value) in &request.headers {
+                println!("{name}: {value}");
+            }
+            if let Some(name) = &dry.credential_header {
+                println!("{name}: <redacted: added by the host>");
+            }
+            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_else(|_| request.body.clone().into());
+            println!("\n{}", serde_json::to_string_pretty(&body).unwrap_or_default());
         }
     }
 }

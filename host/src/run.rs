@@ -2,12 +2,12 @@
 //! generate, write every row back in place with its output or its error.
 
 use crate::config::{ApiKeys, Job, ProviderEndpoints};
-use crate::dataset::{self, Chunk, DatasetError, Format, Reader, Writer};
+use crate::dataset::{self, Chunk, DatasetError, Format, Reader, Survey, Writer};
 use crate::local::{EmbeddedModel, LocalModel, ServerModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::pace::{PaceSettings, Pacer};
 use crate::progress::{Progress, Silent};
-use crate::plugin::bindings::{ConfigProblem, Generation, ModelInfo, RowError};
+use crate::plugin::bindings::{Config, ConfigProblem, Generation, ModelInfo, RequestPreview, RowError};
 use crate::plugin::sandbox::Limits;
 use crate::plugin::{cache, Plugin, PluginError, Session, EMBEDDED_COMPONENT};
 use crate::journal::{Journal, JournalError, Saved, WorkKey, WorkParams};
@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// What the component may consume.
     pub limits: Limits,
+    /// Check credentials and model id with one request before the run.
+    pub preflight: bool,
 }
 
 impl RunOptions {
@@ -68,6 +70,7 @@ impl RunOptions {
             cache_dir: cache::default_dir(),
             fresh: false,
             limits: Limits::default(),
+            preflight: true,
         }
     }
 }
@@ -90,6 +93,8 @@ pub enum RunError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("preflight check failed (pass --no-preflight to skip it): {0}")]
+    Preflight(String),
 }
 
 fn list(problems: &[ConfigProblem]) -> String {
@@ -177,18 +182,28 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
     run_with_progress(options, &Silent).await
 }
 
-/// [`run`], reporting progress to `progress` after each batch.
-pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) -> Result<Summary, RunError> {
-    let started = Instant::now();
+/// Everything a run checks before it sends its first request.
+struct Prepared {
+    plugin: Plugin,
+    config: Config,
+    model: ModelInfo,
+    client: outbound::HttpClient,
+    destinations: Vec<Destination>,
+    local: LocalModel,
+    survey: Survey,
+    /// An instance that can reach nothing: it answers questions only.
+    probe: Session,
+}
+
+/// Paths, config, credentials, the local model, and a full pass over the input.
+async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> {
     Format::from_path(&options.input)?;
     Format::from_path(&options.output)?;
     if same_file(&options.input, &options.output) {
         return Err(RunError::SameFile(options.output.display().to_string()));
     }
-
     let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), options.limits)?;
     let config = options.job.component_config(&options.endpoints);
-    // An instance that can reach nothing answers the questions before a run.
     let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
     let problems = probe.check_config(&config).await?;
     if !problems.is_empty() {
@@ -198,11 +213,43 @@ pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) ->
         .find_model(&options.job.generation_model)
         .await?
         .expect("check-config accepted the model, so the component finds it");
-    drop(probe);
-
     let client = outbound::http_client();
     let (destinations, local) = connections(options, &model, &client)?;
     let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
+    Ok(Prepared { plugin, config, model, client, destinations, local, survey, probe })
+}
+
+/// What `--dry-run` shows: everything is checked, nothing is sent.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    pub rows: u64,
+    pub model: ModelInfo,
+    /// The first request, without its credential; `None` for `Local`.
+    pub request: Option<RequestPreview>,
+    /// The header the host would add the key in, if any.
+    pub credential_header: Option<String>,
+}
+
+/// Checks everything a run would and previews its first request.
+pub async fn dry_run(options: &RunOptions) -> Result<DryRun, RunError> {
+    let Prepared { config, model, destinations, survey, mut probe, .. } = prepare(options).await?;
+    let mut reader = Reader::open(&options.input, &survey, &options.job.input_column)?;
+    let request = match reader.next_chunk(1)? {
+        Some(chunk) => probe
+            .preview_request(&config, &chunk.inputs[0])
+            .await?
+            .map_err(|message| RunError::Config(vec![ConfigProblem { field: "config".into(), message }]))?,
+        None => None,
+    };
+    let credential_header = destinations.first().and_then(|d| d.credential.as_ref()).map(|(name, _)| name.to_string());
+    Ok(DryRun { rows: survey.rows, model, request, credential_header })
+}
+
+/// [`run`], reporting progress to `progress` after each batch.
+pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let Prepared { plugin, config, model, client, destinations, local, survey, probe } = prepare(options).await?;
+    drop(probe);
     let mut journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
     let params = WorkParams {
         provider: model.provider.clone(),
@@ -229,6 +276,10 @@ pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) ->
     let mut idle = Vec::with_capacity(BATCH_WINDOW);
     for _ in 0..BATCH_WINDOW {
         idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
+    }
+    // Fail in a second, not after a batch: credentials and model id.
+    if options.preflight {
+        idle[0].preflight(&config).await?.map_err(|error| RunError::Preflight(error.describe()))?;
     }
 
     let mut summary = Summary {
@@ -290,7 +341,7 @@ pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) ->
                 } else {
                     idle.push(session);
                 }
-                results.into_iter().map(|result| result.map_err(|error| error.to_string())).collect()
+                results.into_iter().map(|result| result.map_err(|error| error.describe())).collect()
             }
             // The component broke on this batch: its rows fail in place (and
             // are retried by the next run), and a fresh instance carries on.

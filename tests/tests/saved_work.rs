@@ -52,7 +52,7 @@ fn sigkill_at_random_points_loses_and_repeats_nothing() {
     let prompts: Vec<String> = rows.iter().map(|r| r["prompt"].as_str().unwrap().to_string()).collect();
     let (_dir, input, output) = dataset(&rows);
     let journal = Journal::path_for(&output);
-    let args = ["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer", "--batch-size", "16"];
+    let args = ["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer", "--batch-size", "16", "--no-preflight"];
     let mut rng = 2026u64;
     let mut kills = 0;
     for round in 0.. {

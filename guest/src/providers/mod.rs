@@ -10,6 +10,8 @@ use crate::models::ProviderKind;
 
 /// A request ready for `wasi:http`, without credentials: the host adds those.
 pub struct HttpRequest {
+    /// `GET` when true, else `POST`.
+    pub get: bool,
     pub https: bool,
     pub authority: String,
     pub path: String,
@@ -62,12 +64,45 @@ pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
     headers.push(("accept".to_string(), b"application/json".to_vec()));
     headers.push(("user-agent".to_string(), concat!("batchgen/", env!("CARGO_PKG_VERSION")).as_bytes().to_vec()));
     HttpRequest {
+        get: false,
         https: remote.base.https,
         authority: remote.base.authority.clone(),
         path: remote.base.join(path),
         headers,
         body: serde_json::to_vec(&body).expect("a JSON value serialises"),
     }
+}
+
+/// The provider's model list (`GET /v1/models`), for the preflight check.
+pub fn models_request(remote: &Remote) -> HttpRequest {
+    let (path, mut headers) = match remote.kind {
+        ProviderKind::OpenAi => ("/models", Vec::new()),
+        // Anthropic pages the list; one page of the maximum size holds it.
+        ProviderKind::Anthropic => ("/v1/models?limit=1000", vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())]),
+        ProviderKind::Local => unreachable!("the local model is not reached over HTTP"),
+    };
+    headers.push(("accept".to_string(), b"application/json".to_vec()));
+    headers.push(("user-agent".to_string(), concat!("batchgen/", env!("CARGO_PKG_VERSION")).as_bytes().to_vec()));
+    HttpRequest {
+        get: true,
+        https: remote.base.https,
+        authority: remote.base.authority.clone(),
+        path: remote.base.join(path),
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Whether a model list (`{"data":[{"id":...}]}`) offers `model_id`,
+/// directly or as the alias of a dated snapshot (`claude-haiku-4-5` for
+/// `claude-haiku-4-5-20251001`).
+pub fn lists_model(body: &[u8], model_id: &str) -> Result<bool, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the model list is not JSON ({e}): {}", summary(body)))?;
+    let data = value["data"].as_array().ok_or_else(|| format!("the model list has no data: {}", summary(body)))?;
+    Ok(data.iter().filter_map(|m| m["id"].as_str()).any(|id| {
+        id == model_id || id.strip_prefix(model_id).is_some_and(|rest| rest.starts_with('-'))
+    }))
 }
 
 pub fn interpret(plan: &Plan, kind: ProviderKind, reply: &HttpReply) -> Verdict {

@@ -18,21 +18,22 @@ wasmtime::component::bindgen!({
 
 pub use self::batchgen::plugin::local_model::{LocalCompletion, LocalRequest};
 pub use self::batchgen::plugin::types::{Config, ConfigProblem, Endpoints, Generation, ProviderError, RowError};
-pub use self::exports::batchgen::plugin::batch_generator::ModelInfo;
+pub use self::exports::batchgen::plugin::batch_generator::{ModelInfo, RequestPreview};
 
-impl std::fmt::Display for RowError {
-    /// `kind: message`, the form written to a row's error column.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl RowError {
+    /// `kind: message`, the form written to a row's error column. (The
+    /// generated `Display` is bindgen's debug rendering.)
+    pub fn describe(&self) -> String {
         match self {
-            RowError::InvalidRequest(m) => write!(f, "invalid_request: {m}"),
-            RowError::Auth(m) => write!(f, "auth: {m}"),
-            RowError::NotFound(m) => write!(f, "not_found: {m}"),
-            RowError::RateLimited(m) => write!(f, "rate_limited: {m}"),
-            RowError::Provider(e) if e.kind.is_empty() => write!(f, "provider: {} {}", e.status, e.message),
-            RowError::Provider(e) => write!(f, "provider: {} {}: {}", e.status, e.kind, e.message),
-            RowError::Timeout(m) => write!(f, "timeout: {m}"),
-            RowError::Transport(m) => write!(f, "transport: {m}"),
-            RowError::MalformedReply(m) => write!(f, "malformed_reply: {m}"),
+            RowError::InvalidRequest(m) => format!("invalid_request: {m}"),
+            RowError::Auth(m) => format!("auth: {m}"),
+            RowError::NotFound(m) => format!("not_found: {m}"),
+            RowError::RateLimited(m) => format!("rate_limited: {m}"),
+            RowError::Provider(e) if e.kind.is_empty() => format!("provider: {} {}", e.status, e.message),
+            RowError::Provider(e) => format!("provider: {} {}: {}", e.status, e.kind, e.message),
+            RowError::Timeout(m) => format!("timeout: {m}"),
+            RowError::Transport(m) => format!("transport: {m}"),
+            RowError::MalformedReply(m) => format!("malformed_reply: {m}"),
         }
     }
 }

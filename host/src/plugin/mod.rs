@@ -10,7 +10,10 @@ pub mod sandbox;
 
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
-use bindings::{BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo, RowError};
+use bindings::{
+    BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo, RequestPreview,
+    RowError,
+};
 use sandbox::{EpochTicker, GuestLog, Limits};
 use std::future::Future;
 use std::path::Path;
@@ -162,6 +165,18 @@ impl Session {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
         within(self.call_timeout, exports.call_find_model(&mut self.store, generation_model)).await
+    }
+
+    pub async fn preview_request(&mut self, config: &Config, input: &str) -> Result<Result<Option<RequestPreview>, String>, PluginError> {
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        within(self.call_timeout, exports.call_preview_request(&mut self.store, config, input)).await
+    }
+
+    pub async fn preflight(&mut self, config: &Config) -> Result<Result<(), RowError>, PluginError> {
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        within(self.call_timeout, exports.call_preflight(&mut self.store, config)).await
     }
 
     pub async fn check_config(&mut self, config: &Config) -> Result<Vec<ConfigProblem>, PluginError> {

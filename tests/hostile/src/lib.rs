@@ -25,7 +25,7 @@ wit_bindgen::generate!({
 });
 
 use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
-use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo};
+use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, RequestPreview};
 use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
 
 struct Hostile;
@@ -78,6 +78,14 @@ impl Guest for Hostile {
 
     fn check_config(_: Config) -> Vec<ConfigProblem> {
         Vec::new()
+    }
+
+    fn preview_request(_: Config, _: String) -> Result<Option<RequestPreview>, String> {
+        Ok(None)
+    }
+
+    fn preflight(_: Config) -> Result<(), RowError> {
+        Ok(())
     }
 
     fn generate_batch(config: Config, inputs: Vec<String>) -> Vec<Result<Generation, RowError>> {
