@@ -119,7 +119,23 @@ fn test() -> Result<(), String> {
     // same profile the tests use.
     run(cargo().args(["build", "--locked", "--package", "batchgen"]))?;
     run(cargo().args(["test", "--locked", "--workspace"]))?;
-    run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))
+    run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))?;
+    node_example()
+}
+
+/// The component under Node.js with jco (`examples/node`), against the
+/// stand-in provider server: another runtime loading the same artifact.
+fn node_example() -> Result<(), String> {
+    let debug = root().join("target/debug");
+    let node = root().join("examples/node");
+    run(Command::new(debug.join("batchgen")).args(["component", "--out"]).arg(root().join("target/batchgen.wasm")))?;
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&node))
+        .map_err(|e| format!("{e}: the Node example needs Node.js 20+ and npm"))?;
+    run(Command::new("npm").args(["run", "--silent", "transpile", "--", "--quiet"]).current_dir(&node))?;
+    let mut server = StandIn::start(&debug.join("provider-server"))?;
+    let result = run(Command::new("node").args(["--test", "test.mjs"]).current_dir(&node).env("OPENAI_BASE_URL", &server.openai_base_url));
+    server.stop();
+    result
 }
 
 /// Runs the main job on `examples/questions.jsonl` with the embedded
