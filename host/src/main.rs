@@ -301,10 +301,12 @@ fn usage_table(summary: &Summary) -> String {
 struct ProgressLine {
     bar: Option<ProgressBar>,
     plain: bool,
-    last_line: Mutex<Instant>,
+    every: Duration,
+    last_line: Mutex<Option<Instant>>,
 }
 
-/// How often the plain (non-terminal) progress line is printed.
+/// How often the plain (non-terminal) progress line is printed, unless
+/// `BATCHGEN_PROGRESS_EVERY` (seconds) says otherwise.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 impl ProgressLine {
@@ -318,7 +320,12 @@ impl ProgressLine {
             );
             bar
         });
-        ProgressLine { bar, plain: !quiet && !terminal, last_line: Mutex::new(Instant::now()) }
+        let every = std::env::var("BATCHGEN_PROGRESS_EVERY")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or(PLAIN_EVERY);
+        ProgressLine { bar, plain: !quiet && !terminal, every, last_line: Mutex::new(None) }
     }
 }
 
@@ -337,8 +344,9 @@ impl Progress for ProgressLine {
             bar.set_message(note);
         } else if self.plain {
             let mut last = self.last_line.lock().unwrap();
-            if last.elapsed() >= PLAIN_EVERY {
-                *last = Instant::now();
+            let due = last.is_none_or(|at| at.elapsed() >= self.every);
+            if due {
+                *last = Some(Instant::now());
                 let left = so_far.total_rows.saturating_sub(so_far.rows) as f64 / rate.max(1e-9);
                 eprintln!(
                     "batchgen: {}/{} rows ({:.0}%), ETA {left:.0} s, {note}",

@@ -286,3 +286,29 @@ fn the_run_reports_usage_and_estimated_cost() {
     assert!((report["estimated_cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12, "{report}");
     assert!(report["prices_as_of"].is_string());
 }
+
+#[test]
+fn progress_lines_when_stderr_is_not_a_terminal_and_quiet_silences_them() {
+    let server = ProviderServer::start();
+    let (_dir, input, output) = dataset(&numbered_rows(6));
+    let run = |quiet: bool| {
+        let mut command = batchgen_tests::harness::batchgen();
+        command
+            .args(["run", "--no-preflight"])
+            .args(base_args(&input, &output))
+            .args(["--batch-size", "2", "--fresh"])
+            .args(quiet.then_some("--quiet"))
+            .env("OPENAI_API_KEY", OPENAI_KEY)
+            .env("OPENAI_BASE_URL", server.openai_base_url())
+            .env("BATCHGEN_PROGRESS_EVERY", "0");
+        batchgen_tests::harness::run(&mut command)
+    };
+    let ran = run(false);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let lines: Vec<&str> = ran.stderr.lines().filter(|l| l.contains(" rows (")).collect();
+    assert_eq!(lines.len(), 3, "one line per batch of 2: {}", ran.stderr);
+    assert!(lines[2].contains("6/6 rows (100%)") && lines[2].contains("rows/s") && lines[2].contains("0 failed, 0 retries"), "{}", lines[2]);
+    let quiet = run(true);
+    assert!(!quiet.stderr.contains(" rows ("), "{}", quiet.stderr);
+    assert!(quiet.stderr.contains("6 rows, 0 failed"), "the summary still prints: {}", quiet.stderr);
+}
