@@ -95,14 +95,17 @@ pub fn models_request(remote: &Remote) -> HttpRequest {
 
 /// Whether a model list (`{"data":[{"id":...}]}`) offers `model_id`,
 /// directly or as the alias of a dated snapshot (`claude-haiku-4-5` for
-/// `claude-haiku-4-5-20251001`).
+/// `claude-haiku-4-5-20251001`, `gpt-4o` for `gpt-4o-2024-08-06`).
 pub fn lists_model(body: &[u8], model_id: &str) -> Result<bool, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("the model list is not JSON ({e}): {}", summary(body)))?;
     let data = value["data"].as_array().ok_or_else(|| format!("the model list has no data: {}", summary(body)))?;
-    Ok(data.iter().filter_map(|m| m["id"].as_str()).any(|id| {
-        id == model_id || id.strip_prefix(model_id).is_some_and(|rest| rest.starts_with('-'))
-    }))
+    let dated = |rest: &str| {
+        rest.strip_prefix('-').is_some_and(|date| {
+            date.chars().all(|c| c.is_ascii_digit() || c == '-') && date.chars().filter(char::is_ascii_digit).count() == 8
+        })
+    };
+    Ok(data.iter().filter_map(|m| m["id"].as_str()).any(|id| id == model_id || id.strip_prefix(model_id).is_some_and(dated)))
 }
 
 pub fn interpret(plan: &Plan, kind: ProviderKind, reply: &HttpReply) -> Verdict {
@@ -229,6 +232,18 @@ mod tests {
             br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#,
         );
         assert!(!is_quota(&kind, &code, &message));
+    }
+
+    #[test]
+    fn model_lists_match_ids_and_undated_aliases() {
+        let list = br#"{"data":[{"id":"claude-haiku-4-5-20251001"},{"id":"gpt-4o"},{"id":"gpt-4.1-2025-04-14"}],"has_more":false}"#;
+        assert_eq!(lists_model(list, "gpt-4.1"), Ok(true));
+        assert_eq!(lists_model(list, "gpt-4o"), Ok(true));
+        assert_eq!(lists_model(list, "claude-haiku-4-5"), Ok(true));
+        assert_eq!(lists_model(list, "claude-haiku-4"), Ok(false), "only a date may follow an alias");
+        assert_eq!(lists_model(list, "claude-3-5-haiku-20241022"), Ok(false));
+        assert_eq!(lists_model(list, "gpt-4"), Ok(false));
+        assert!(lists_model(b"<html>", "gpt-4o").is_err());
     }
 
     #[test]
