@@ -85,6 +85,8 @@ pub enum RunError {
     LocalModel(#[from] crate::local::EmbeddedError),
     #[error("{name} {url:?}: {message}")]
     Endpoint { name: &'static str, url: String, message: String },
+    #[error("{variable}: {message}")]
+    InvalidKey { variable: &'static str, message: String },
     #[error("the output file must differ from the input file ({0})")]
     SameFile(String),
     #[error(transparent)]
@@ -440,22 +442,24 @@ fn connections(
     let endpoint = |name: &'static str, url: &str| {
         Origin::parse(url).map_err(|message| RunError::Endpoint { name, url: url.to_string(), message })
     };
-    let missing = |variable| RunError::MissingKey { variable, model: model.label.clone() };
+    // A provider: its key variable, the key, its base URL and how the key
+    // travels (OpenAI's bearer token, Anthropic's x-api-key).
+    type Credential = fn(Origin, Option<&str>) -> Result<Destination, String>;
+    let remote = |variable: &'static str, key: Option<&str>, base_name: &'static str, base: &str, credential: Credential| {
+        let key = key.ok_or_else(|| RunError::MissingKey { variable, model: model.label.clone() })?;
+        let destination = credential(endpoint(base_name, base)?, Some(key))
+            .map_err(|message| RunError::InvalidKey { variable, message })?;
+        Ok((vec![destination], LocalModel::Unavailable))
+    };
     match model.provider.as_str() {
-        "openai" => {
-            let key = options.keys.openai.as_deref().ok_or_else(|| missing("OPENAI_API_KEY"))?;
-            let origin = endpoint("OPENAI_BASE_URL", &options.endpoints.openai_base_url)?;
-            let destination = Destination::bearer(origin, Some(key))
-                .map_err(|message| RunError::Endpoint { name: "OPENAI_API_KEY", url: String::new(), message })?;
-            Ok((vec![destination], LocalModel::Unavailable))
-        }
-        "anthropic" => {
-            let key = options.keys.anthropic.as_deref().ok_or_else(|| missing("ANTHROPIC_API_KEY"))?;
-            let origin = endpoint("ANTHROPIC_BASE_URL", &options.endpoints.anthropic_base_url)?;
-            let destination = Destination::api_key(origin, Some(key))
-                .map_err(|message| RunError::Endpoint { name: "ANTHROPIC_API_KEY", url: String::new(), message })?;
-            Ok((vec![destination], LocalModel::Unavailable))
-        }
+        "openai" => remote("OPENAI_API_KEY", options.keys.openai.as_deref(), "OPENAI_BASE_URL", &options.endpoints.openai_base_url, Destination::bearer),
+        "anthropic" => remote(
+            "ANTHROPIC_API_KEY",
+            options.keys.anthropic.as_deref(),
+            "ANTHROPIC_BASE_URL",
+            &options.endpoints.anthropic_base_url,
+            Destination::api_key,
+        ),
         _ => match options.local_url.as_deref() {
             Some(url) => {
                 endpoint("--local-url", url)?;

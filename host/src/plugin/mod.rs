@@ -80,9 +80,6 @@ impl Plugin {
         Plugin::new(&wasm, cache_dir, limits)
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
 
     pub async fn instantiate(&self, outbound: Outbound, local: LocalModel) -> Result<Session, PluginError> {
         let (stdout, stderr) = GuestLog::pair(self.limits.log_bytes);

@@ -9,7 +9,6 @@
 //! sequence: that is where batching wins on a CPU.
 
 use candle_core::quantized::{QMatMul, gguf_file};
-
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use std::io::{Read, Seek};
 
