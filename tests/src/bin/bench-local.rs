@@ -58,10 +58,7 @@ fn main() {
     let cache = batchgen::plugin::cache::default_dir();
     let started = Instant::now();
     let model = EmbeddedModel::load(&path, cache.as_deref(), 1).expect("the model loads");
-    println!(
-        "load (converted weights cached)  {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("load (converted weights cached)  {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
     let max_tokens = 64;
     let mut single_rate = 0.0;
     for batch in [1usize, 16, 32] {
@@ -96,4 +93,12 @@ fn main() {
             }
         );
     }
+    println!("peak resident memory {}", memory("VmHWM"));
+}
+
+/// A line of /proc/self/status (Linux), such as the resident or peak
+/// resident memory.
+fn memory(field: &str) -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map_or("unknown".into(), |value| value.trim().to_string())
 }
