@@ -6,7 +6,7 @@
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
-//! - `bench-local`: the embedded model's tokens/s, one sequence and 16.
+//! - `bench-local`: the embedded model's tokens/s for one sequence, 16 and 32.
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 

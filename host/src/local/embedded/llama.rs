@@ -69,52 +69,29 @@ impl Cache {
 }
 
 fn metadata<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
-    content
-        .metadata
-        .get(key)
-        .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no {key}")))
+    content.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no {key}")))
 }
 
 impl Llama {
-    pub fn from_gguf<R: Read + Seek>(
-        content: &gguf_file::Content,
-        reader: &mut R,
-        device: &Device,
-    ) -> Result<Llama> {
+    pub fn from_gguf<R: Read + Seek>(content: &gguf_file::Content, reader: &mut R, device: &Device) -> Result<Llama> {
         let architecture = metadata(content, "general.architecture")?.to_string()?;
         if architecture != "llama" {
-            candle_core::bail!(
-                "the model's architecture is {architecture:?}; only llama models are supported"
-            );
+            candle_core::bail!("the model's architecture is {architecture:?}; only llama models are supported");
         }
         let n_head = metadata(content, "llama.attention.head_count")?.to_u32()? as usize;
         let n_kv_head = metadata(content, "llama.attention.head_count_kv")?.to_u32()? as usize;
         let block_count = metadata(content, "llama.block_count")?.to_u32()? as usize;
         let embedding_length = metadata(content, "llama.embedding_length")?.to_u32()? as usize;
         let eps = metadata(content, "llama.attention.layer_norm_rms_epsilon")?.to_f32()?;
-        let freq_base = content
-            .metadata
-            .get("llama.rope.freq_base")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10_000.0);
+        let freq_base = content.metadata.get("llama.rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0);
         let context_length = content
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_POSITIONS, |n| (n as usize).min(MAX_POSITIONS));
-        let heads = Heads {
-            query: n_head,
-            key_value: n_kv_head,
-            dim: embedding_length / n_head,
-        };
-        if n_kv_head == 0
-            || n_head % n_kv_head != 0
-            || embedding_length % n_head != 0
-            || heads.dim % 2 != 0
-        {
-            candle_core::bail!(
-                "unsupported attention shape: {n_head} heads, {n_kv_head} key/value heads, width {embedding_length}"
-            );
+        let heads = Heads { query: n_head, key_value: n_kv_head, dim: embedding_length / n_head };
+        if n_kv_head == 0 || n_head % n_kv_head != 0 || embedding_length % n_head != 0 || heads.dim % 2 != 0 {
+            candle_core::bail!("unsupported attention shape: {n_head} heads, {n_kv_head} key/value heads, width {embedding_length}");
         }
         let mut tensor = |name: &str| content.tensor(reader, name, device);
 
@@ -132,10 +109,7 @@ impl Llama {
             let mut weight = |part: &str| tensor(&format!("blk.{i}.{part}.weight"));
             layers.push(Layer {
                 attn_norm: weight("attn_norm")?.dequantize(device)?,
-                qkv: Projection::new(
-                    vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?],
-                    device,
-                )?,
+                qkv: Projection::new(vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?], device)?,
                 output: Projection::new(vec![weight("attn_output")?], device)?,
                 ffn_norm: weight("ffn_norm")?.dequantize(device)?,
                 gate_up: Projection::new(vec![weight("ffn_gate")?, weight("ffn_up")?], device)?,

@@ -1,9 +1,10 @@
 //! `Local` out of the box: a small llama-family model (SmolLM2-135M-Instruct
 //! by default) run in-process on the CPU with candle.
 //!
-//! The import receives a whole batch, and it is decoded as one: prompts
-//! are grouped by length, left-padded, and advanced together one token per
-//! step, finished sequences leaving the batch as they end.
+//! The import receives a whole batch, and it is decoded as one: the
+//! prompts' shared prefix once, then the rest of every prompt in one pass,
+//! then one token per sequence per pass, finished sequences leaving the
+//! batch as they end (see `llama` and `attention`).
 
 mod attention;
 mod llama;
@@ -31,9 +32,7 @@ const DECODE_BATCH: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error(
-        "the local model file {path} does not exist: run `cargo xtask setup` to fetch the default model, or pass --local-model PATH (or --local-url URL for a model server)"
-    )]
+    #[error("the local model file {path} does not exist: run `cargo xtask setup` to fetch the default model, or pass --local-model PATH (or --local-url URL for a model server)")]
     Missing { path: String },
     #[error("the local model file {path} could not be loaded: {message}")]
     Invalid { path: String, message: String },
@@ -51,41 +50,24 @@ impl EmbeddedModel {
     /// Loads the GGUF at `path`. Weights in a format without fast CPU
     /// kernels (Q4_1) are converted to Q8_0 once and the converted file is
     /// kept in `cache_dir`.
-    pub fn load(
-        path: &Path,
-        cache_dir: Option<&Path>,
-        seed: u64,
-    ) -> Result<EmbeddedModel, EmbeddedError> {
+    pub fn load(path: &Path, cache_dir: Option<&Path>, seed: u64) -> Result<EmbeddedModel, EmbeddedError> {
         let shown = path.display().to_string();
         if !path.is_file() {
             return Err(EmbeddedError::Missing { path: shown });
         }
-        let invalid = |message: String| EmbeddedError::Invalid {
-            path: shown.clone(),
-            message,
-        };
+        let invalid = |message: String| EmbeddedError::Invalid { path: shown.clone(), message };
         let runnable = runnable_copy(path, cache_dir).map_err(|e| invalid(e.to_string()))?;
         let mut file = std::fs::File::open(&runnable).map_err(|e| invalid(e.to_string()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| invalid(format!("not a GGUF model: {e}")))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| invalid(format!("not a GGUF model: {e}")))?;
         let device = Device::Cpu;
         let tokenizer = ChatTokenizer::from_gguf(&content).map_err(invalid)?;
-        let model =
-            Llama::from_gguf(&content, &mut file, &device).map_err(|e| invalid(e.to_string()))?;
+        let model = Llama::from_gguf(&content, &mut file, &device).map_err(|e| invalid(e.to_string()))?;
         // One token through the whole model: candle repacks each weight for
         // its int8 kernel on first use, so this moves that one-time cost to
         // load time, and a model that cannot run fails here, not mid-batch.
         model.forward(&[&[tokenizer.end]], &mut model.cache(1)).map_err(|e| invalid(format!("the model does not run: {e}")))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(EmbeddedModel {
-            model: Mutex::new(model),
-            tokenizer,
-            seed,
-            identity: format!("embedded:{name}:seed={seed}"),
-        })
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(EmbeddedModel { model: Mutex::new(model), tokenizer, seed, identity: format!("embedded:{name}:seed={seed}") })
     }
 
     pub fn identity(&self) -> &str {
@@ -194,21 +176,13 @@ impl EmbeddedModel {
 
 fn keep_only<T>(items: Vec<T>, keep: &[usize]) -> Vec<T> {
     let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    keep.iter()
-        .map(|&i| items[i].take().expect("kept once"))
-        .collect()
+    keep.iter().map(|&i| items[i].take().expect("kept once")).collect()
 }
 
 fn row_seed(seed: u64, request: &LocalRequest) -> u64 {
     let mut sha = Sha256::new();
     sha.update(seed.to_le_bytes());
-    sha.update(
-        request
-            .system_prompt
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    sha.update(request.system_prompt.as_deref().unwrap_or_default().as_bytes());
     sha.update([0]);
     sha.update(request.prompt.as_bytes());
     u64::from_le_bytes(sha.finalize()[..8].try_into().unwrap())
@@ -219,16 +193,10 @@ fn row_seed(seed: u64, request: &LocalRequest) -> u64 {
 fn runnable_copy(path: &Path, cache_dir: Option<&Path>) -> candle_core::Result<PathBuf> {
     let mut file = std::fs::File::open(path)?;
     let content = gguf_file::Content::read(&mut file)?;
-    let slow = content
-        .tensor_infos
-        .values()
-        .any(|info| info.ggml_dtype == GgmlDType::Q4_1);
+    let slow = content.tensor_infos.values().any(|info| info.ggml_dtype == GgmlDType::Q4_1);
     let Some(dir) = cache_dir.filter(|_| slow) else {
         if slow {
-            tracing::warn!(
-                "no cache directory: converting {} in memory would be lost; running it as is (slow)",
-                path.display()
-            );
+            tracing::warn!("no cache directory: converting {} in memory would be lost; running it as is (slow)", path.display());
         }
         return Ok(path.to_path_buf());
     };
@@ -239,23 +207,13 @@ fn runnable_copy(path: &Path, cache_dir: Option<&Path>) -> candle_core::Result<P
     if let Ok(modified) = metadata.modified() {
         key.update(format!("{modified:?}").as_bytes());
     }
-    let key: String = key.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let key: String = key.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let converted = dir.join("models").join(format!("{stem}.{key}.q8_0.gguf"));
     if converted.is_file() {
         return Ok(converted);
     }
-    tracing::info!(
-        "converting {} to Q8_0 once (cached at {})",
-        path.display(),
-        converted.display()
-    );
+    tracing::info!("converting {} to Q8_0 once (cached at {})", path.display(), converted.display());
     let device = Device::Cpu;
     let mut tensors = Vec::with_capacity(content.tensor_infos.len());
     for name in content.tensor_infos.keys() {
@@ -269,16 +227,10 @@ fn runnable_copy(path: &Path, cache_dir: Option<&Path>) -> candle_core::Result<P
     }
     std::fs::create_dir_all(converted.parent().unwrap())?;
     let mut temporary = tempfile::NamedTempFile::new_in(converted.parent().unwrap())?;
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(temporary.as_file_mut(), &metadata, &tensors)?;
     temporary.as_file().sync_all()?;
-    temporary
-        .persist(&converted)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    temporary.persist(&converted).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     Ok(converted)
 }

@@ -13,11 +13,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(temperature: f64, top_p: f64, seed: u64) -> Sampler {
-        Sampler {
-            temperature,
-            top_p,
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Sampler { temperature, top_p, rng: StdRng::seed_from_u64(seed) }
     }
 
     pub fn next(&mut self, logits: &[f32]) -> u32 {
@@ -84,36 +80,18 @@ fn nucleus(candidates: &mut [(u32, f64)], mass: f64) -> usize {
 /// vocabulary of 49k for 16 sequences is otherwise serial time on every
 /// step.
 pub fn sample_all(samplers: &mut [Sampler], rows: &[Vec<f32>]) -> Vec<u32> {
-    let slots: Vec<Mutex<(&mut Sampler, u32)>> = samplers
-        .iter_mut()
-        .map(|sampler| Mutex::new((sampler, 0)))
-        .collect();
+    let slots: Vec<Mutex<(&mut Sampler, u32)>> = samplers.iter_mut().map(|sampler| Mutex::new((sampler, 0))).collect();
     candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
         for i in range {
-            let mut slot = slots[i]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut slot = slots[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             slot.1 = slot.0.next(&rows[i]);
         }
     });
-    slots
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .1
-        })
-        .collect()
+    slots.into_iter().map(|slot| slot.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).1).collect()
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
-            if l > best.1 { (i, l) } else { best }
-        })
-        .0 as u32
+    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0 as u32
 }
 
 #[cfg(test)]
@@ -137,18 +115,13 @@ mod tests {
     /// also when it is larger than the first sorted head.
     #[test]
     fn nucleus_takes_the_heaviest_until_the_mass() {
-        let mut candidates: Vec<(u32, f64)> =
-            (0..1000).map(|i| (i, 1.0 + (i % 10) as f64)).collect();
+        let mut candidates: Vec<(u32, f64)> = (0..1000).map(|i| (i, 1.0 + (i % 10) as f64)).collect();
         // 100 tokens each of weights 1 to 10: the tens hold 1000 of the 5500.
         assert_eq!(nucleus(&mut candidates.clone(), 1000.0), 100);
         // 2000 takes the tens, the nines (900) and 13 eights (104).
         let cut = nucleus(&mut candidates, 2000.0);
         assert_eq!(cut, 213);
-        assert!(
-            candidates[..cut]
-                .windows(2)
-                .all(|pair| pair[0].1 >= pair[1].1)
-        );
+        assert!(candidates[..cut].windows(2).all(|pair| pair[0].1 >= pair[1].1));
         assert!(candidates[cut..].iter().all(|c| c.1 <= 8.0));
     }
 
