@@ -12,10 +12,10 @@
 //! wasted third.
 //!
 //! Without VNNI, candle's portable Q8_0 kernel does the same work for every
-//! row, so a batch gains little through it (1.16× for 16 rows, measured).
-//! A dequantized f32 copy for a dense GEMM was tried there: 1.40×, for four
-//! times the model's size in memory (7 GB for a 1.7B model), so it was not
-//! kept.
+//! row, so a batch gains less through it (1.40× for 16 sequences, measured
+//! with `MISTRALRS_FORCE_AVX2=1`). A dequantized f32 copy for a dense GEMM
+//! was tried there and dropped: four times the model's size in memory (7 GB
+//! for a 1.7B model) for a similar gain.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{D, Device, Module, Result, Tensor};
