@@ -134,3 +134,31 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
         assert!(!output.exists());
     }
 }
+
+/// More rows than decode together, answers of different lengths: places
+/// freed by finished rows go to waiting ones mid-run, and still every row
+/// gives exactly what it gives alone, within its own max_tokens.
+#[test]
+fn waiting_rows_take_freed_places_without_changing_any_answer() {
+    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 5).unwrap();
+    let topics = ["rivers", "bread", "owls", "glass", "tides", "copper", "maps", "bells"];
+    let requests: Vec<LocalRequest> = (0..batchgen::local::embedded::DECODE_BATCH + 8)
+        .map(|i| LocalRequest {
+            model: None,
+            system_prompt: Some("Answer in one sentence.".into()),
+            prompt: format!("Tell me one fact about {} (number {i}).", topics[i % topics.len()]),
+            temperature: if i % 2 == 0 { 0.0 } else { 0.7 },
+            top_p: 0.9,
+            max_tokens: 2 + (i as u32 * 7) % 11,
+        })
+        .collect();
+    let batch = model.generate(&requests);
+    for (request, in_batch) in requests.iter().zip(&batch) {
+        let in_batch = in_batch.as_ref().unwrap();
+        assert!(in_batch.output_tokens <= request.max_tokens && !in_batch.text.is_empty(), "{in_batch:?}");
+        let alone = model.generate(std::slice::from_ref(request));
+        let alone = alone[0].as_ref().unwrap();
+        assert_eq!((&alone.text, alone.output_tokens), (&in_batch.text, in_batch.output_tokens), "{:?}", request.prompt);
+    }
+}
+

@@ -82,11 +82,11 @@ impl LayerCache {
         LayerCache { keys: vec![Vec::new(); sequences * heads.key_value], values: vec![Vec::new(); sequences * heads.key_value] }
     }
 
-    /// `copies` sequences, each starting as this cache's first sequence
-    /// (a prompt prefix they share, computed once).
-    pub fn fork(&self, copies: usize, heads: &Heads) -> LayerCache {
-        let first = |buffers: &[Vec<f32>]| buffers[..heads.key_value].iter().cloned().cycle().take(copies * heads.key_value).collect();
-        LayerCache { keys: first(&self.keys), values: first(&self.values) }
+    /// Adds a sequence that starts as `from`'s first sequence (a prompt
+    /// prefix sequences share, computed once).
+    pub fn push_copy(&mut self, from: &LayerCache, heads: &Heads) {
+        self.keys.extend_from_slice(&from.keys[..heads.key_value]);
+        self.values.extend_from_slice(&from.values[..heads.key_value]);
     }
 
     /// Keeps the sequences at `keep`, in that order.
@@ -338,7 +338,7 @@ mod tests {
     }
 
     /// Two sequences fed ragged passes (prompts of different lengths, then
-    /// one row each, then uneven rows again) and a fork of a shared prefix:
+    /// one row each, then uneven rows again) after copies of a shared prefix:
     /// every row matches the plain computation on its sequence alone.
     #[test]
     fn ragged_passes_match_each_sequence_alone() {
@@ -350,7 +350,9 @@ mod tests {
         let mut shared = LayerCache::new(1, &HEADS);
         let mut qkv: Vec<f32> = prefix.concat();
         attend(&mut qkv, &mut shared, &Rows { lengths: &[0], counts: &[2] }, &HEADS, &rotary);
-        let mut cache = shared.fork(2, &HEADS);
+        let mut cache = LayerCache::new(0, &HEADS);
+        cache.push_copy(&shared, &HEADS);
+        cache.push_copy(&shared, &HEADS);
         let mut lengths = vec![2, 2];
         for counts in [[2, 1], [1, 1], [2, 1]] {
             let mut qkv: Vec<f32> = Vec::new();

@@ -49,14 +49,13 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// `copies` sequences, each starting from this cache's first sequence:
-    /// a prompt prefix they share is computed once.
-    pub fn fork(&self, copies: usize) -> Cache {
-        Cache {
-            layers: self.layers.iter().map(|layer| layer.fork(copies, &self.heads)).collect(),
-            heads: self.heads,
-            lengths: vec![self.lengths[0]; copies],
+    /// Adds a sequence that starts as `from`'s first sequence: a prompt
+    /// prefix that sequences share is computed once.
+    pub fn push_copy(&mut self, from: &Cache) {
+        for (layer, from_layer) in self.layers.iter_mut().zip(&from.layers) {
+            layer.push_copy(from_layer, &self.heads);
         }
+        self.lengths.push(from.lengths[0]);
     }
 
     /// Keeps only the sequences at `keep` (finished ones leave the batch).

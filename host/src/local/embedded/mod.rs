@@ -24,11 +24,11 @@ use tokenizer::ChatTokenizer;
 
 /// Where `cargo xtask setup` puts the default model.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// Sequences decoded together; the rows of a bigger batch go through in
-/// groups this size. Measured on two cores (`cargo xtask bench-local`):
+/// Sequences decoded together; the other rows of a bigger batch wait for a
+/// place. Measured on two cores (`cargo xtask bench-local`):
 /// 16 give 3.2× the tokens/s of one sequence, 32 give 3.5×, 64 fall back
 /// to 3.0× (the activations and caches outgrow the CPU caches).
-const DECODE_BATCH: usize = 32;
+pub const DECODE_BATCH: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -93,85 +93,107 @@ impl EmbeddedModel {
                 Err(message) => results[index] = Some(Err(RowError::InvalidRequest(message))),
             }
         }
-        for group in prepared.chunks(DECODE_BATCH) {
-            let outcome = self.decode(&model, requests, group);
-            for (slot, (index, _)) in group.iter().enumerate() {
-                results[*index] = Some(match &outcome {
-                    Ok(completions) => completions[slot].clone(),
-                    Err(error) => Err(RowError::Transport(format!("local model: {error}"))),
-                });
-            }
-        }
+        self.decode(&model, requests, &prepared, &mut results);
         results.into_iter().map(|r| r.expect("every request is answered")).collect()
     }
 
-    /// Decodes one group of prompts together: their common prefix (the
-    /// chat template and system prompt, in a batch job) once, the rest of
-    /// every prompt in one pass, then one token per sequence per pass,
-    /// finished sequences leaving the batch.
-    fn decode(&self, model: &Llama, requests: &[LocalRequest], group: &[(usize, Vec<u32>)]) -> candle_core::Result<Vec<Result<LocalCompletion, RowError>>> {
-        let prompts: Vec<&[u32]> = group.iter().map(|(_, ids)| ids.as_slice()).collect();
-        // At least the last token of each prompt stays in the per-sequence
-        // pass, which yields the logits of its first answer token.
-        let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
-        let shared = prompts.iter().fold(shortest.saturating_sub(1), |shared, p| {
-            shared.min(p.iter().zip(prompts[0]).take_while(|(a, b)| a == b).count())
+    /// Decodes `prompts` with continuous batching: up to `DECODE_BATCH`
+    /// sequences advance together, one token each per pass, and the place
+    /// of a finished one goes to the next waiting prompt in the very next
+    /// pass, so a long answer never leaves the batch running half empty.
+    /// The prompts' common prefix (the chat template and system prompt, in
+    /// a job) is computed once and copied to each sequence.
+    fn decode(&self, model: &Llama, requests: &[LocalRequest], prompts: &[(usize, Vec<u32>)], results: &mut [Option<Result<LocalCompletion, RowError>>]) {
+        let Some((_, first)) = prompts.first() else { return };
+        let failed = |error: &candle_core::Error| Err(RowError::Transport(format!("local model: {error}")));
+        // At least the last token of each prompt stays in its own pass,
+        // which yields the logits of its first answer token.
+        let shortest = prompts.iter().map(|(_, ids)| ids.len()).min().unwrap_or(0);
+        let shared = prompts.iter().fold(shortest.saturating_sub(1), |shared, (_, ids)| {
+            shared.min(ids.iter().zip(first).take_while(|(a, b)| a == b).count())
         });
-        let mut cache = if shared > 0 {
-            let mut prefix = model.cache(1);
-            model.prefill(&[&prompts[0][..shared]], &mut prefix)?;
-            prefix.fork(prompts.len())
-        } else {
-            model.cache(prompts.len())
-        };
-        let rests: Vec<&[u32]> = prompts.iter().map(|p| &p[shared..]).collect();
-        let mut logits = model.forward(&rests, &mut cache)?;
-
-        let mut outcomes: Vec<Option<Result<LocalCompletion, RowError>>> = vec![None; group.len()];
-        // Seeded per row, so a row's text does not depend on its batch.
-        let mut samplers: Vec<Sampler> = group
-            .iter()
-            .map(|(index, _)| Sampler::new(requests[*index].temperature, requests[*index].top_p, row_seed(self.seed, &requests[*index])))
-            .collect();
-        let mut active: Vec<usize> = (0..group.len()).collect();
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
+        let mut prefix = model.cache(1);
+        if shared > 0
+            && let Err(error) = model.prefill(&[&first[..shared]], &mut prefix)
+        {
+            for (index, _) in prompts {
+                results[*index] = Some(failed(&error));
+            }
+            return;
+        }
+        let mut waiting = prompts.iter();
+        let mut running: Vec<Sequence> = Vec::with_capacity(DECODE_BATCH);
+        let mut cache = model.cache(0);
         loop {
-            let tokens = sampler::sample_all(&mut samplers, &llama::rows(&logits)?);
-            let mut keep = Vec::with_capacity(active.len());
-            for (position, &token) in tokens.iter().enumerate() {
-                let slot = active[position];
+            while running.len() < DECODE_BATCH
+                && let Some((index, ids)) = waiting.next()
+            {
+                let request = &requests[*index];
+                cache.push_copy(&prefix);
+                running.push(Sequence {
+                    index: *index,
+                    input: ids[shared..].to_vec(),
+                    prompt_tokens: ids.len() as u32,
+                    generated: Vec::new(),
+                    // Seeded per row, so a row's text does not depend on its batch.
+                    sampler: Sampler::new(request.temperature, request.top_p, row_seed(self.seed, request)),
+                });
+            }
+            if running.is_empty() {
+                return;
+            }
+            let inputs: Vec<&[u32]> = running.iter().map(|sequence| sequence.input.as_slice()).collect();
+            let rows = match model.forward(&inputs, &mut cache).and_then(|logits| llama::rows(&logits)) {
+                Ok(rows) => rows,
+                Err(error) => {
+                    // The pass failed for the sequences in it; waiting ones still get theirs.
+                    for sequence in running.drain(..) {
+                        results[sequence.index] = Some(failed(&error));
+                    }
+                    cache = model.cache(0);
+                    continue;
+                }
+            };
+            let tokens = sampler::sample_all(running.iter_mut().map(|sequence| &mut sequence.sampler), &rows);
+            let mut keep = Vec::with_capacity(running.len());
+            for (position, (sequence, &token)) in running.iter_mut().zip(&tokens).enumerate() {
                 let finish = if token == self.tokenizer.end {
                     Some("stop")
                 } else {
-                    generated[position].push(token);
-                    (generated[position].len() >= requests[group[slot].0].max_tokens as usize).then_some("length")
+                    sequence.generated.push(token);
+                    (sequence.generated.len() >= requests[sequence.index].max_tokens as usize).then_some("length")
                 };
                 let Some(reason) = finish else {
+                    sequence.input = vec![token];
                     keep.push(position);
                     continue;
                 };
-                let text = self.tokenizer.decode(&generated[position]).map_err(RowError::MalformedReply);
-                outcomes[slot] = Some(text.map(|text| LocalCompletion {
+                let text = self.tokenizer.decode(&sequence.generated).map_err(RowError::MalformedReply);
+                results[sequence.index] = Some(text.map(|text| LocalCompletion {
                     text,
                     finish_reason: reason.to_string(),
-                    input_tokens: group[slot].1.len() as u32,
-                    output_tokens: generated[position].len() as u32,
+                    input_tokens: sequence.prompt_tokens,
+                    output_tokens: sequence.generated.len() as u32,
                 }));
             }
-            if keep.is_empty() {
-                break;
-            }
-            if keep.len() < active.len() {
+            if keep.len() < running.len() {
                 cache.retain(&keep);
-                active = keep.iter().map(|&p| active[p]).collect();
-                samplers = keep_only(samplers, &keep);
-                generated = keep_only(generated, &keep);
+                running = keep_only(running, &keep);
             }
-            let next: Vec<[u32; 1]> = keep.iter().map(|&p| [tokens[p]]).collect();
-            logits = model.forward(&next.iter().map(|t| t.as_slice()).collect::<Vec<_>>(), &mut cache)?;
         }
-        Ok(outcomes.into_iter().map(|o| o.expect("every sequence finishes")).collect())
     }
+}
+
+/// A prompt being answered.
+struct Sequence {
+    /// The request's index in the batch.
+    index: usize,
+    /// Tokens for the next pass: what is left of the prompt, then the last
+    /// token drawn.
+    input: Vec<u32>,
+    prompt_tokens: u32,
+    generated: Vec<u32>,
+    sampler: Sampler,
 }
 
 fn keep_only<T>(items: Vec<T>, keep: &[usize]) -> Vec<T> {

@@ -79,8 +79,8 @@ fn nucleus(candidates: &mut [(u32, f64)], mass: f64) -> usize {
 /// `samplers[i]`. Rows are spread over candle's worker threads: sampling a
 /// vocabulary of 49k for 16 sequences is otherwise serial time on every
 /// step.
-pub fn sample_all(samplers: &mut [Sampler], rows: &[Vec<f32>]) -> Vec<u32> {
-    let slots: Vec<Mutex<(&mut Sampler, u32)>> = samplers.iter_mut().map(|sampler| Mutex::new((sampler, 0))).collect();
+pub fn sample_all<'a>(samplers: impl IntoIterator<Item = &'a mut Sampler>, rows: &[Vec<f32>]) -> Vec<u32> {
+    let slots: Vec<Mutex<(&mut Sampler, u32)>> = samplers.into_iter().map(|sampler| Mutex::new((sampler, 0))).collect();
     candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
         for i in range {
             let mut slot = slots[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
