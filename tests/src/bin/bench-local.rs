@@ -1,6 +1,6 @@
 //! Decoding speed of the embedded local model: tokens per second for one
 //! sequence, for a batch of 16 decoded together, and for 32 (the size the
-//! model decodes together), each the median of three runs. Run in release by
+//! model decodes together): medians over rounds of one run each. Run in release by
 //! `cargo xtask bench-local [MODEL]`.
 
 use batchgen::local::EmbeddedModel;
@@ -60,39 +60,40 @@ fn main() {
     let model = EmbeddedModel::load(&path, cache.as_deref(), 1).expect("the model loads");
     println!("load (converted weights cached)  {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
     let max_tokens = 64;
-    let mut single_rate = 0.0;
-    for batch in [1usize, 16, 32] {
-        let requests = requests(batch, max_tokens);
-        // The median of three runs: one run on a shared machine is noisy.
-        let mut runs: Vec<(u32, f64)> = (0..3)
-            .map(|_| {
-                let started = Instant::now();
-                let results = model.generate(&requests);
-                let seconds = started.elapsed().as_secs_f64();
-                (
-                    results
-                        .iter()
-                        .map(|r| r.as_ref().expect("generates").output_tokens)
-                        .sum(),
-                    seconds,
-                )
-            })
-            .collect();
-        runs.sort_by(|a, b| (f64::from(a.0) / a.1).total_cmp(&(f64::from(b.0) / b.1)));
-        let (tokens, seconds) = runs[1];
-        let rate = f64::from(tokens) / seconds;
-        if batch == 1 {
-            single_rate = rate;
+    let sizes = [1usize, 16, 32];
+    // Rounds of one run per size, and each ratio taken within its round:
+    // the machine's speed drifts over minutes, and runs seconds apart
+    // share its state, so a ratio is not skewed by a drift between a slow
+    // single run and a fast batch or the reverse.
+    let rounds = 5;
+    let mut rates = vec![Vec::new(); sizes.len()];
+    let mut tokens = vec![0; sizes.len()];
+    for _ in 0..rounds {
+        for (i, &size) in sizes.iter().enumerate() {
+            let requests = requests(size, max_tokens);
+            let started = Instant::now();
+            let results = model.generate(&requests);
+            let seconds = started.elapsed().as_secs_f64();
+            tokens[i] = results.iter().map(|r| r.as_ref().expect("generates").output_tokens).sum::<u32>();
+            rates[i].push(f64::from(tokens[i]) / seconds);
         }
-        println!(
-            "batch {batch:>2}: {tokens:>4} tokens in {seconds:.2} s = {rate:.1} tokens/s (median of 3){}",
-            if batch > 1 {
-                format!(", {:.2}x one sequence", rate / single_rate)
-            } else {
-                String::new()
-            }
-        );
     }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    for (i, &size) in sizes.iter().enumerate() {
+        let rate = median(rates[i].clone());
+        let ratio = if i == 0 {
+            String::new()
+        } else {
+            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(batch, single)| batch / single).collect();
+            let (low, high) = ratios.iter().fold((f64::MAX, 0f64), |(low, high), &r| (low.min(r), high.max(r)));
+            format!(", {:.2}x one sequence (rounds {low:.2}–{high:.2})", median(ratios))
+        };
+        println!("batch {size:>2}: {} tokens per run, {rate:.1} tokens/s{ratio}", tokens[i]);
+    }
+    println!("medians of {rounds} rounds");
     println!("peak resident memory {}", memory("VmHWM"));
 }
 
