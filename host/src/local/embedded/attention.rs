@@ -16,6 +16,10 @@
 
 use std::sync::Mutex;
 
+/// Rows of one sequence per work item: small enough that one long prompt
+/// spreads over every thread, large enough to keep scheduling cheap.
+const ROWS_PER_ITEM: usize = 32;
+
 /// The attention shape of a model.
 #[derive(Clone, Copy, Debug)]
 pub struct Heads {
@@ -136,35 +140,39 @@ pub fn attend(qkv: &mut [f32], cache: &mut LayerCache, rows: &Rows, heads: &Head
         }
     }
 
-    // One work item per (sequence, key/value head), each with its own
-    // output block laid out [row][query head in group][dim].
+    // Work items of up to `ROWS_PER_ITEM` rows of one (sequence, key/value
+    // head), each with its own output block laid out [row][query head in
+    // group][dim]: a long prompt of one sequence still spreads over every
+    // thread.
     let group = heads.group();
-    let outputs: Vec<Mutex<Vec<f32>>> =
-        (0..rows.counts.len() * key_value).map(|item| Mutex::new(vec![0f32; rows.counts[item / key_value] * group * dim])).collect();
+    let items: Vec<(usize, usize, std::ops::Range<usize>)> = (0..rows.counts.len())
+        .flat_map(|b| (0..key_value).map(move |h| (b, h)))
+        .flat_map(|(b, h)| (0..rows.counts[b]).step_by(ROWS_PER_ITEM).map(move |i| (b, h, i..(i + ROWS_PER_ITEM).min(rows.counts[b]))))
+        .collect();
+    let outputs: Vec<Mutex<Vec<f32>>> = items.iter().map(|(_, _, range)| Mutex::new(vec![0f32; range.len() * group * dim])).collect();
     let qkv: &[f32] = qkv;
     let cache: &LayerCache = cache;
     let scale = 1.0 / (dim as f32).sqrt();
-    candle_core::utils::barrier_pool().execute_chunked(outputs.len(), |items| {
+    candle_core::utils::barrier_pool().execute_chunked(items.len(), |chunk| {
         let mut scores = Vec::new();
-        for item in items {
-            let (b, h) = (item / key_value, item % key_value);
+        for item in chunk {
+            let (b, h, range) = &items[item];
+            let (keys, values) = (&cache.keys[b * key_value + h], &cache.values[b * key_value + h]);
             let mut out = outputs[item].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for i in 0..rows.counts[b] {
+            for (i, out) in range.clone().zip(out.chunks_exact_mut(group * dim)) {
                 // A row sees its sequence up to and including itself.
-                let seen = (rows.lengths[b] + i + 1) * dim;
-                let queries = &qkv[(firsts[b] + i) * width + h * group * dim..][..group * dim];
-                let out = &mut out[i * group * dim..][..group * dim];
-                heads_over_keys(queries, &cache.keys[item][..seen], &cache.values[item][..seen], dim, scale, &mut scores, out);
+                let seen = (rows.lengths[*b] + i + 1) * dim;
+                let queries = &qkv[(firsts[*b] + i) * width + h * group * dim..][..group * dim];
+                heads_over_keys(queries, &keys[..seen], &values[..seen], dim, scale, &mut scores, out);
             }
         }
     });
 
     // Back to rows × (query heads × dim).
     let mut result = vec![0f32; total * query * dim];
-    for (item, block) in outputs.into_iter().enumerate() {
+    for ((b, h, range), block) in items.into_iter().zip(outputs) {
         let block = block.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (b, h) = (item / key_value, item % key_value);
-        for (i, from) in block.chunks_exact(group * dim).enumerate() {
+        for (i, from) in range.zip(block.chunks_exact(group * dim)) {
             result[((firsts[b] + i) * query + h * group) * dim..][..group * dim].copy_from_slice(from);
         }
     }
@@ -218,11 +226,23 @@ fn heads_over_keys_portable(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    for (q, out) in queries.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        scores.clear();
-        scores.extend(keys.chunks_exact(dim).map(|k| dot(q, k) * scale));
-        softmax(scores);
-        for (&weight, v) in scores.iter().zip(values.chunks_exact(dim)) {
+    // Each key and value is read once for all the heads of the group.
+    // Plain loops rather than iterator adapters: these must inline into the
+    // AVX2 copy, and a generic adapter's `fold` may not.
+    let positions = keys.len() / dim;
+    scores.clear();
+    scores.resize(queries.len() / dim * positions, 0.0);
+    for (j, k) in keys.chunks_exact(dim).enumerate() {
+        for (g, q) in queries.chunks_exact(dim).enumerate() {
+            scores[g * positions + j] = dot(q, k) * scale;
+        }
+    }
+    for head in scores.chunks_exact_mut(positions) {
+        softmax(head);
+    }
+    for (j, v) in values.chunks_exact(dim).enumerate() {
+        for (g, out) in out.chunks_exact_mut(dim).enumerate() {
+            let weight = scores[g * positions + j];
             for (o, &x) in out.iter_mut().zip(v) {
                 *o += weight * x;
             }
@@ -235,23 +255,28 @@ fn heads_over_keys_portable(
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let mut sum = 0.0;
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        sum += x * y;
+    }
     for (x, y) in a_chunks.zip(b_chunks) {
+        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().expect("8 wide"), y.try_into().expect("8 wide"));
         for lane in 0..8 {
             lanes[lane] += x[lane] * y[lane];
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    for lane in lanes {
+        sum += lane;
+    }
+    sum
 }
 
 #[inline(always)]
 fn softmax(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut max = f32::NEG_INFINITY;
+    for &s in scores.iter() {
+        max = max.max(s);
+    }
     let mut total = 0.0;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
