@@ -399,6 +399,24 @@ mod tests {
         }
     }
 
+    /// A prompt longer than one work item (split over several) next to a
+    /// short one matches the plain computation row for row.
+    #[test]
+    fn long_prompts_split_over_work_items_match() {
+        let rotary = Rotary::new(HEADS.dim, 10_000.0, 128);
+        let sequences = [random_rows(2 * ROWS_PER_ITEM + 5, 4), random_rows(3, 5)];
+        let mut cache = LayerCache::new(2, &HEADS);
+        let counts = [sequences[0].len(), sequences[1].len()];
+        let mut qkv: Vec<f32> = sequences.iter().flat_map(|s| s.concat()).collect();
+        let out = attend(&mut qkv, &mut cache, &Rows { lengths: &[0, 0], counts: &counts }, &HEADS, &rotary);
+        let width = HEADS.query * HEADS.dim;
+        let expected: Vec<Vec<f32>> = sequences.iter().flat_map(|s| reference(s, &rotary)).collect();
+        for (row, expected) in expected.iter().enumerate() {
+            let difference = out[row * width..][..width].iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(difference < 1e-5, "row {row}: off by {difference}");
+        }
+    }
+
     #[test]
     fn retain_keeps_the_chosen_sequences_in_order() {
         let mut cache = LayerCache {
