@@ -185,6 +185,9 @@ fn bench(args: Vec<String>) -> Result<(), String> {
             .arg(dir.join("output.jsonl"))
             .args(["--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer"])
             .args(["--batch-size", &batch.to_string()])
+            // Every run generates every row: without it, a second `cargo
+            // xtask bench` would only read the first one's saved work.
+            .arg("--fresh")
             .env("OPENAI_BASE_URL", &server.openai_base_url)
             .env("OPENAI_API_KEY", "bench-key")
             .env("BATCHGEN_CACHE_DIR", dir.join("component-cache"))
