@@ -14,8 +14,6 @@
 //! and a sequence's rows go through exactly the same arithmetic alone or in
 //! any batch.
 
-use std::sync::Mutex;
-
 /// Rows of one sequence per work item: small enough that one long prompt
 /// spreads over every thread, large enough to keep scheduling cheap.
 const ROWS_PER_ITEM: usize = 32;
@@ -145,33 +143,27 @@ pub fn attend(qkv: &mut [f32], cache: &mut LayerCache, rows: &Rows, heads: &Head
     // group][dim]: a long prompt of one sequence still spreads over every
     // thread.
     let group = heads.group();
-    let items: Vec<(usize, usize, std::ops::Range<usize>)> = (0..rows.counts.len())
+    let mut items: Vec<(usize, usize, std::ops::Range<usize>, Vec<f32>)> = (0..rows.counts.len())
         .flat_map(|b| (0..key_value).map(move |h| (b, h)))
         .flat_map(|(b, h)| (0..rows.counts[b]).step_by(ROWS_PER_ITEM).map(move |i| (b, h, i..(i + ROWS_PER_ITEM).min(rows.counts[b]))))
+        .map(|(b, h, range)| (b, h, range.clone(), vec![0f32; range.len() * group * dim]))
         .collect();
-    let outputs: Vec<Mutex<Vec<f32>>> = items.iter().map(|(_, _, range)| Mutex::new(vec![0f32; range.len() * group * dim])).collect();
     let qkv: &[f32] = qkv;
     let cache: &LayerCache = cache;
     let scale = 1.0 / (dim as f32).sqrt();
-    candle_core::utils::barrier_pool().execute_chunked(items.len(), |chunk| {
-        let mut scores = Vec::new();
-        for item in chunk {
-            let (b, h, range) = &items[item];
-            let (keys, values) = (&cache.keys[b * key_value + h], &cache.values[b * key_value + h]);
-            let mut out = outputs[item].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (i, out) in range.clone().zip(out.chunks_exact_mut(group * dim)) {
-                // A row sees its sequence up to and including itself.
-                let seen = (rows.lengths[*b] + i + 1) * dim;
-                let queries = &qkv[(firsts[*b] + i) * width + h * group * dim..][..group * dim];
-                heads_over_keys(queries, &keys[..seen], &values[..seen], dim, scale, &mut scores, out);
-            }
+    super::parallel::for_each(&mut items, Vec::new, |scores, (b, h, range, out)| {
+        let (keys, values) = (&cache.keys[*b * key_value + *h], &cache.values[*b * key_value + *h]);
+        for (i, out) in range.clone().zip(out.chunks_exact_mut(group * dim)) {
+            // A row sees its sequence up to and including itself.
+            let seen = (rows.lengths[*b] + i + 1) * dim;
+            let queries = &qkv[(firsts[*b] + i) * width + *h * group * dim..][..group * dim];
+            heads_over_keys(queries, &keys[..seen], &values[..seen], dim, scale, scores, out);
         }
     });
 
     // Back to rows × (query heads × dim).
     let mut result = vec![0f32; total * query * dim];
-    for ((b, h, range), block) in items.into_iter().zip(outputs) {
-        let block = block.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (b, h, range, block) in items {
         for (i, from) in range.zip(block.chunks_exact(group * dim)) {
             result[((firsts[b] + i) * query + h * group) * dim..][..group * dim].copy_from_slice(from);
         }

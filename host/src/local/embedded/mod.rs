@@ -8,6 +8,7 @@
 
 mod attention;
 mod llama;
+mod parallel;
 mod projection;
 mod sampler;
 mod tokenizer;

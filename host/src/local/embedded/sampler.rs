@@ -3,7 +3,6 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::Mutex;
 
 pub struct Sampler {
     temperature: f64,
@@ -80,14 +79,9 @@ fn nucleus(candidates: &mut [(u32, f64)], mass: f64) -> usize {
 /// vocabulary of 49k for 16 sequences is otherwise serial time on every
 /// step.
 pub fn sample_all<'a>(samplers: impl IntoIterator<Item = &'a mut Sampler>, rows: &[Vec<f32>]) -> Vec<u32> {
-    let slots: Vec<Mutex<(&mut Sampler, u32)>> = samplers.into_iter().map(|sampler| Mutex::new((sampler, 0))).collect();
-    candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
-        for i in range {
-            let mut slot = slots[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            slot.1 = slot.0.next(&rows[i]);
-        }
-    });
-    slots.into_iter().map(|slot| slot.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).1).collect()
+    let mut draws: Vec<(&mut Sampler, &[f32], u32)> = samplers.into_iter().zip(rows).map(|(sampler, row)| (sampler, row.as_slice(), 0)).collect();
+    super::parallel::for_each(&mut draws, || (), |(), (sampler, row, token)| *token = sampler.next(row));
+    draws.into_iter().map(|(_, _, token)| token).collect()
 }
 
 fn argmax(logits: &[f32]) -> u32 {
