@@ -1,11 +1,10 @@
 //! Faults, rate limits and pacing: every row ends correct or as a row error
 //! in its own place, and rate limits slow the run down instead of failing it.
 
-mod common;
 
 use batchgen::run::run;
 use batchgen_tests::provider::{FaultPlan, ProviderServer, RecordedRequest, ServerOptions};
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;

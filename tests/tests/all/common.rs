@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+
 
 use batchgen::config::{ApiKeys, Job, JobFile, ProviderEndpoints};
 use batchgen::run::RunOptions;

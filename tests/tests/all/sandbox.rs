@@ -1,11 +1,10 @@
 //! Hostile components and configs are contained: each misbehaviour ends in
 //! a clear error on its rows, the host survives, and nothing leaks in or out.
 
-mod common;
 
 use batchgen_tests::harness;
 use batchgen_tests::provider::ProviderServer;
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const HOSTILE: &str = env!("HOSTILE_COMPONENT");

@@ -1,11 +1,10 @@
 //! Provider failures become row errors in place; retryable ones are retried;
 //! nothing moves between rows.
 
-mod common;
 
 use batchgen::run::run;
 use batchgen_tests::provider::{ProviderServer, ServerOptions};
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn attempts_for(server: &ProviderServer, prompt: &str) -> usize {

@@ -1,13 +1,12 @@
 //! The embedded `Local` model: real generation through the component and
 //! the host, reproducible by seed, with clear errors for a bad model file.
 
-mod common;
 
 use batchgen::local::EmbeddedModel;
 use batchgen::plugin::bindings::{LocalCompletion, LocalRequest};
 use batchgen::run::{RunOptions, run};
 use batchgen_tests::harness;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::path::PathBuf;
 

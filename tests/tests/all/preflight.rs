@@ -1,11 +1,10 @@
 //! Fail fast before a large run, and look before sending: the preflight
 //! check and `--dry-run`.
 
-mod common;
 
 use batchgen_tests::harness;
 use batchgen_tests::provider::{ProviderServer, ServerOptions};
-use common::*;
+use crate::common::*;
 
 /// `batchgen run` with the preflight on (unlike `common::cli`).
 fn run_checked(server: &ProviderServer, key: &str, args: &[&str]) -> harness::Ran {

@@ -1,13 +1,12 @@
 //! Crash-safe runs: saved work survives SIGKILL at any instant, is keyed by
 //! what determines a row, and is never requested twice.
 
-mod common;
 
 use batchgen::journal::{Journal, WorkParams};
 use batchgen::run::run;
 use batchgen_tests::harness;
 use batchgen_tests::provider::{ProviderServer, ServerOptions};
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::Path;

@@ -1,12 +1,11 @@
 //! The `batchgen` binary end to end: dataset formats, config files, exit
 //! codes, and every kind of bad input refused before a request is sent.
 
-mod common;
 
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use batchgen_tests::provider::ProviderServer;
-use common::*;
+use crate::common::*;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::json;

@@ -2,8 +2,7 @@
 //! and the component's config check. Whatever the input, no panic, and
 //! whatever round-trips comes back exactly.
 
-mod common;
-
+use crate::common;
 use batchgen::config::JobFile;
 use batchgen::dataset::{self, Reader, Writer};
 use batchgen::plugin::bindings::{Config, Endpoints};

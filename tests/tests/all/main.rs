@@ -1,0 +1,18 @@
+//! The integration suite: the real component in the real host, against a
+//! stand-in provider server and real files.
+//!
+//! One test binary with a module per area, as wasmtime does: each binary
+//! links wasmtime, candle, arrow and parquet, so one link instead of nine
+//! saves most of the suite's build time.
+
+mod common;
+
+mod cli;
+mod local_model;
+mod preflight;
+mod properties;
+mod resilience;
+mod row_errors;
+mod sandbox;
+mod saved_work;
+mod wire_format;
