@@ -2,7 +2,7 @@
 //! turns it into a `Plan` the rest of the component can trust.
 
 use crate::batchgen::plugin::types::{Config, ConfigProblem};
-use crate::models::{Model, ProviderKind, MODELS};
+use crate::models::{Model, Provider, MODELS};
 use crate::url::BaseUrl;
 
 /// The spec's default temperature. Newer Claude models reject `temperature`
@@ -22,7 +22,7 @@ pub enum Target {
 
 /// A provider API and how to reach it.
 pub struct Remote {
-    pub kind: ProviderKind,
+    pub kind: Provider,
     pub base: BaseUrl,
 }
 
@@ -97,17 +97,17 @@ impl Plan {
         let mut target = Target::Local;
         if let Some(model) = model {
             let (field, base) = match model.provider {
-                ProviderKind::OpenAi => ("openai_base_url", &config.endpoints.openai_base_url),
-                ProviderKind::Anthropic => ("anthropic_base_url", &config.endpoints.anthropic_base_url),
-                ProviderKind::Local => ("", &String::new()),
+                Provider::Openai => ("openai_base_url", &config.endpoints.openai_base_url),
+                Provider::Anthropic => ("anthropic_base_url", &config.endpoints.anthropic_base_url),
+                Provider::Local => ("", &String::new()),
             };
-            if model.provider != ProviderKind::Local {
+            if model.provider != Provider::Local {
                 match BaseUrl::parse(base) {
                     Ok(base) => target = Target::Remote(Remote { kind: model.provider, base }),
                     Err(message) => problem(field, message),
                 }
             }
-            if model.provider == ProviderKind::Anthropic {
+            if model.provider == Provider::Anthropic {
                 if temperature > 1.0 && temperature <= 2.0 {
                     problem(
                         "temperature",

@@ -42,10 +42,9 @@ pub enum InFlight {
 pub struct Reading {
     pollable: Pollable,
     stream: InputStream,
-    // Held only so they outlive the stream; never read.
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "held only so that it outlives the stream")]
     body: IncomingBody,
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "held only so that it outlives the body")]
     response: IncomingResponse,
     status: u16,
     headers: Vec<(String, Vec<u8>)>,

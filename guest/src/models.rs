@@ -3,27 +3,13 @@
 
 use crate::exports::batchgen::plugin::batch_generator::ModelInfo;
 
-/// Which API a model is reached through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderKind {
-    OpenAi,
-    Anthropic,
-    Local,
-}
-
-impl ProviderKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Local => "local",
-        }
-    }
-}
+/// Which API a model is reached through: the WIT enum itself, so the
+/// table and what `list-models` reports cannot disagree.
+pub use crate::exports::batchgen::plugin::batch_generator::Provider;
 
 pub struct Model {
     pub label: &'static str,
-    pub provider: ProviderKind,
+    pub provider: Provider,
     /// The provider id sent when the config has no `model-id` override.
     pub model_id: &'static str,
     pub aliases: &'static [&'static str],
@@ -42,35 +28,35 @@ pub struct Retirement {
 pub static MODELS: &[Model] = &[
     Model {
         label: "Local",
-        provider: ProviderKind::Local,
+        provider: Provider::Local,
         model_id: "",
         aliases: &["local"],
         retired: None,
     },
     Model {
         label: "Claude 3.5 Haiku",
-        provider: ProviderKind::Anthropic,
+        provider: Provider::Anthropic,
         model_id: "claude-3-5-haiku-20241022",
         aliases: &["claude-3-5-haiku", "claude-3-5-haiku-20241022", "claude-3-5-haiku-latest"],
         retired: Some(Retirement { on: "2026-02-19", successor: "claude-haiku-4-5-20251001" }),
     },
     Model {
         label: "Claude 3.5 Sonnet",
-        provider: ProviderKind::Anthropic,
+        provider: Provider::Anthropic,
         model_id: "claude-3-5-sonnet-20241022",
         aliases: &["claude-3-5-sonnet", "claude-3-5-sonnet-20241022", "claude-3-5-sonnet-latest"],
         retired: Some(Retirement { on: "2025-10-28", successor: "claude-sonnet-4-5-20250929" }),
     },
     Model {
         label: "OpenAI GPT 4o",
-        provider: ProviderKind::OpenAi,
+        provider: Provider::Openai,
         model_id: "gpt-4o",
         aliases: &["gpt-4o"],
         retired: None,
     },
     Model {
         label: "OpenAI GPT 4o Mini",
-        provider: ProviderKind::OpenAi,
+        provider: Provider::Openai,
         model_id: "gpt-4o-mini",
         aliases: &["gpt-4o-mini"],
         retired: None,
@@ -90,7 +76,7 @@ impl Model {
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
             label: self.label.to_string(),
-            provider: self.provider.name().to_string(),
+            provider: self.provider,
             model_id: self.model_id.to_string(),
             aliases: std::iter::once(slug(self.label))
                 .chain(self.aliases.iter().map(|alias| alias.to_string()))
@@ -146,8 +132,8 @@ mod tests {
             assert_eq!(Model::find(name).unwrap().model_id, "gpt-4o-mini", "{name}");
         }
         assert_eq!(Model::find("gpt-4o").unwrap().model_id, "gpt-4o");
-        assert_eq!(Model::find("claude 3.5 haiku").unwrap().provider, ProviderKind::Anthropic);
-        assert_eq!(Model::find("LOCAL").unwrap().provider, ProviderKind::Local);
+        assert_eq!(Model::find("claude 3.5 haiku").unwrap().provider, Provider::Anthropic);
+        assert_eq!(Model::find("LOCAL").unwrap().provider, Provider::Local);
         assert!(Model::find("gpt-5").is_none());
         assert!(Model::find("").is_none());
     }

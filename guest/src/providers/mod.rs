@@ -6,7 +6,7 @@ mod openai;
 
 use crate::batchgen::plugin::types::{ProviderError, RowError};
 use crate::config::{Plan, Remote};
-use crate::models::ProviderKind;
+use crate::models::Provider;
 
 /// A request ready for `wasi:http`, without credentials: the host adds those.
 pub struct HttpRequest {
@@ -52,13 +52,13 @@ pub enum Verdict {
 
 pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
     let (path, mut headers, body) = match remote.kind {
-        ProviderKind::OpenAi => ("/chat/completions", Vec::new(), openai::body(plan, input)),
-        ProviderKind::Anthropic => (
+        Provider::Openai => ("/chat/completions", Vec::new(), openai::body(plan, input)),
+        Provider::Anthropic => (
             "/v1/messages",
             vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())],
             anthropic::body(plan, input),
         ),
-        ProviderKind::Local => unreachable!("the local model is not reached over HTTP"),
+        Provider::Local => unreachable!("the local model is not reached over HTTP"),
     };
     headers.push(("content-type".to_string(), b"application/json".to_vec()));
     headers.push(("accept".to_string(), b"application/json".to_vec()));
@@ -76,10 +76,10 @@ pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
 /// The provider's model list (`GET /v1/models`), for the preflight check.
 pub fn models_request(remote: &Remote) -> HttpRequest {
     let (path, mut headers) = match remote.kind {
-        ProviderKind::OpenAi => ("/models", Vec::new()),
+        Provider::Openai => ("/models", Vec::new()),
         // Anthropic pages the list; one page of the maximum size holds it.
-        ProviderKind::Anthropic => ("/v1/models?limit=1000", vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())]),
-        ProviderKind::Local => unreachable!("the local model is not reached over HTTP"),
+        Provider::Anthropic => ("/v1/models?limit=1000", vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())]),
+        Provider::Local => unreachable!("the local model is not reached over HTTP"),
     };
     headers.push(("accept".to_string(), b"application/json".to_vec()));
     headers.push(("user-agent".to_string(), concat!("batchgen/", env!("CARGO_PKG_VERSION")).as_bytes().to_vec()));
@@ -108,12 +108,12 @@ pub fn lists_model(body: &[u8], model_id: &str) -> Result<bool, String> {
     Ok(data.iter().filter_map(|m| m["id"].as_str()).any(|id| id == model_id || id.strip_prefix(model_id).is_some_and(dated)))
 }
 
-pub fn interpret(plan: &Plan, kind: ProviderKind, reply: &HttpReply) -> Verdict {
+pub fn interpret(plan: &Plan, kind: Provider, reply: &HttpReply) -> Verdict {
     if (200..300).contains(&reply.status) {
         let parsed = match kind {
-            ProviderKind::OpenAi => openai::completion(&reply.body),
-            ProviderKind::Anthropic => anthropic::completion(&reply.body),
-            ProviderKind::Local => unreachable!("the local model is not reached over HTTP"),
+            Provider::Openai => openai::completion(&reply.body),
+            Provider::Anthropic => anthropic::completion(&reply.body),
+            Provider::Local => unreachable!("the local model is not reached over HTTP"),
         };
         return match parsed {
             Ok(completion) => Verdict::Done(Ok(completion)),

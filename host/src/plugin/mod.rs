@@ -4,13 +4,12 @@
 //! imports); one `Session` per run (a store and an instance), so that
 //! whatever the component learns during a run lasts for that run.
 
-pub mod bindings;
 pub mod cache;
 pub mod sandbox;
 
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
-use bindings::{
+use crate::bindings::{
     BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo, RequestPreview,
     RowError,
 };
@@ -26,22 +25,45 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// The component built from `guest/`, embedded at build time.
 pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/batchgen_guest.wasm"));
 
+/// An error loading the component, instantiating it or calling it.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// The component file could not be read.
     #[error("could not read the component {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The component file.
+        path: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// Wasmtime rejected the engine configuration, or a store's fuel could
+    /// not be set.
     #[error("could not set up the wasm engine: {0:#}")]
     Engine(wasmtime::Error),
+    /// The bytes could not be compiled as a component.
     #[error("not a valid component: {0:#}")]
     Compile(wasmtime::Error),
+    /// The component's imports or exports do not match the `batch-plugin`
+    /// world this host provides.
     #[error("the component does not fit the batchgen:plugin world this host provides: {0:#}")]
     Link(wasmtime::Error),
+    /// Instantiating or calling the component trapped (including running
+    /// out of fuel or memory).
     #[error("the component failed: {0:#}")]
     Trap(wasmtime::Error),
+    /// Instantiating or calling the component took longer than the call
+    /// deadline (`--call-timeout`).
     #[error("the component did not return within the call deadline of {} s (--call-timeout)", .0.as_secs_f64())]
     Deadline(Duration),
+    /// `generate_batch` got back a different number of results than it sent
+    /// inputs.
     #[error("the component returned {returned} results for {expected} rows")]
-    WrongCount { expected: usize, returned: usize },
+    WrongCount {
+        /// The number of inputs sent.
+        expected: usize,
+        /// The number of results returned.
+        returned: usize,
+    },
 }
 
 /// A compiled, pre-linked component, ready to instantiate cheaply.
@@ -64,9 +86,9 @@ impl Plugin {
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::Link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(PluginError::Link)?;
-        bindings::batchgen::plugin::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
+        crate::bindings::batchgen::plugin::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
             .map_err(PluginError::Link)?;
-        bindings::batchgen::plugin::local_model::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
+        crate::bindings::batchgen::plugin::local_model::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
             .map_err(PluginError::Link)?;
         let pre = linker.instantiate_pre(&component).map_err(PluginError::Link)?;
         let pre = BatchPluginPre::new(pre).map_err(PluginError::Link)?;
@@ -81,6 +103,8 @@ impl Plugin {
     }
 
 
+    /// A fresh instance for one run: its HTTP requests go through
+    /// `outbound`, and `local` serves its `local-model` import.
     pub async fn instantiate(&self, outbound: Outbound, local: LocalModel) -> Result<Session, PluginError> {
         let (stdout, stderr) = GuestLog::pair(self.limits.log_bytes);
         let state = State {
@@ -152,30 +176,40 @@ impl Session {
         }
     }
 
+    /// The models the component supports.
     pub async fn list_models(&mut self) -> Result<Vec<ModelInfo>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
         within(self.call_timeout, exports.call_list_models(&mut self.store)).await
     }
 
+    /// The model a `generation_model` value selects, matched as the config's
+    /// is; `None` when no model matches.
     pub async fn find_model(&mut self, generation_model: &str) -> Result<Option<ModelInfo>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
         within(self.call_timeout, exports.call_find_model(&mut self.store, generation_model)).await
     }
 
+    /// The request `generate_batch` would send for `input` under `config`,
+    /// without credentials; `Ok(None)` for the local model. Sends nothing.
     pub async fn preview_request(&mut self, config: &Config, input: &str) -> Result<Result<Option<RequestPreview>, String>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
         within(self.call_timeout, exports.call_preview_request(&mut self.store, config, input)).await
     }
 
+    /// Checks before a run, with one request to the provider, that the
+    /// credentials are accepted and the model id exists. The local model
+    /// passes without a request.
     pub async fn preflight(&mut self, config: &Config) -> Result<Result<(), RowError>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
         within(self.call_timeout, exports.call_preflight(&mut self.store, config)).await
     }
 
+    /// Every problem with `config`, each naming its field; empty when the
+    /// config is usable. Sends nothing.
     pub async fn check_config(&mut self, config: &Config) -> Result<Vec<ConfigProblem>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
@@ -218,9 +252,9 @@ impl WasiHttpView for State {
     }
 }
 
-impl bindings::batchgen::plugin::types::Host for State {}
+impl crate::bindings::batchgen::plugin::types::Host for State {}
 
-impl bindings::batchgen::plugin::local_model::Host for State {
+impl crate::bindings::batchgen::plugin::local_model::Host for State {
     async fn generate(&mut self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
         self.local.generate(requests).await
     }

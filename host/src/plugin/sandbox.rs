@@ -19,42 +19,60 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 /// the component yielding to the host's other work.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Resource limits for each instance, from flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Resource limits for each instance: the `batchgen run` flags that set
+/// them, each defined (with its default) once, here.
+///
+/// The defaults are generous for the real component (it needs ~2 MiB for a
+/// 256-row batch) and tight enough that a hostile one cannot hurt the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct Limits {
-    /// Linear memory per instance, in bytes.
+    /// Linear memory per component instance, in MiB.
+    #[arg(id = "max_memory", long = "max-memory", value_name = "MIB", default_value = "512", value_parser = mebibytes)]
     pub memory_bytes: usize,
-    /// Elements per table.
+    /// Elements per component table.
+    #[arg(id = "max_table_elements", long = "max-table-elements", value_name = "N", default_value_t = 100_000)]
     pub table_elements: usize,
-    /// Core instances a component may create.
+    /// Core instances per component.
+    #[arg(id = "max_instances", long = "max-instances", value_name = "N", default_value_t = 32)]
     pub instances: usize,
-    /// Deadline for one call into the component (`generate-batch` included).
+    /// Deadline for one call into the component (`generate-batch` included), in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = positive_seconds)]
     pub call_timeout: Duration,
-    /// Fuel per call; `None` leaves fuel metering off (it costs speed).
+    /// Fuel per call (instructions, roughly); off by default, as metering costs speed.
+    #[arg(long, value_name = "UNITS")]
     pub fuel: Option<u64>,
-    /// Largest reply body the host passes to the component.
+    /// Largest provider reply passed to the component, in MiB.
+    #[arg(id = "max_reply_size", long = "max-reply-size", value_name = "MIB", default_value = "32", value_parser = mebibytes)]
     pub max_reply_bytes: usize,
     /// Bytes of stdout and stderr logged per instance; the rest is dropped.
+    #[arg(skip = 64usize << 10)]
     pub log_bytes: usize,
 }
 
 impl Default for Limits {
-    /// Generous for the real component (it needs ~2 MiB for a 256-row
-    /// batch), tight enough that a hostile one cannot hurt the host.
+    /// The flags' defaults, so that they are written only once.
     fn default() -> Limits {
-        Limits {
-            memory_bytes: 512 << 20,
-            table_elements: 100_000,
-            instances: 32,
-            call_timeout: Duration::from_secs(3600),
-            fuel: None,
-            max_reply_bytes: 32 << 20,
-            log_bytes: 64 << 10,
-        }
+        crate::defaults::from_clap()
     }
 }
 
+/// A size flag in MiB, as bytes.
+fn mebibytes(text: &str) -> Result<usize, String> {
+    let mib: usize = text.parse().map_err(|_| format!("{text:?} is not a whole number of MiB"))?;
+    Ok(mib.saturating_mul(1 << 20))
+}
+
+/// A deadline flag: a positive number of seconds.
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("{text} is not a positive number of seconds"))
+}
+
 impl Limits {
+    /// The store limiter that enforces these limits.
     pub fn store_limits(&self) -> StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.memory_bytes)
@@ -81,6 +99,7 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
+    /// Starts ticking `engine` on a thread of its own.
     pub fn start(engine: &Engine) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let engine = engine.clone();

@@ -25,7 +25,7 @@ wit_bindgen::generate!({
 });
 
 use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
-use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, RequestPreview};
+use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, Provider, RequestPreview};
 use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
 
 struct Hostile;
@@ -67,9 +67,13 @@ impl Guest for Hostile {
     }
 
     fn find_model(generation_model: String) -> Option<ModelInfo> {
+        // Accepts every config, then finds no model for this one.
+        if generation_model == "nomodel" {
+            return None;
+        }
         Some(ModelInfo {
             label: generation_model,
-            provider: "openai".into(),
+            provider: Provider::Openai,
             model_id: "gpt-4o-mini".into(),
             aliases: Vec::new(),
             note: None,

@@ -50,6 +50,15 @@ fn runaway_components_are_stopped_and_their_rows_fail_in_place() {
 }
 
 #[test]
+fn a_component_that_accepts_a_config_but_finds_no_model_is_an_error_not_a_panic() {
+    let server = ProviderServer::start();
+    let (code, stderr, rows) = hostile(&server, "nomodel", &["a"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no model") && stderr.contains("nomodel"), "{stderr}");
+    assert!(rows.is_empty());
+}
+
+#[test]
 fn fuel_stops_a_busy_component() {
     let server = ProviderServer::start();
     let (code, _, rows) = hostile(&server, "loop", &["a"], &["--fuel", "10000000", "--call-timeout", "600"]);
