@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = batchgen::config::JobFile::parse(text, "fuzz.json");
+        let _ = batchgen::config::Job::parse(text, "fuzz.json");
     }
 });

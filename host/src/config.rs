@@ -1,70 +1,130 @@
 //! The job's settings: the spec's parameters from a JSON config file and
-//! flags, plus where providers live. Ranges are the component's to check
-//! (`check-config`); this module only gathers values and names what is
-//! missing.
+//! flags, plus where providers live and their keys. Ranges are the
+//! component's to check (`check-config`); this module only gathers values
+//! and names what is missing.
 
-use crate::plugin::bindings::{Config, Endpoints};
+use crate::bindings::{Config, Endpoints};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
-pub const DEFAULT_BATCH_SIZE: u32 = 128;
-pub const DEFAULT_TEMPERATURE: f64 = 0.01;
-pub const DEFAULT_TOP_P: f64 = 1.0;
-pub const DEFAULT_MAX_TOKENS: u32 = 1024;
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// The official SDKs' default.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The OpenAI API's official base URL.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The Anthropic API's official base URL.
 pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 
+/// Why a job's settings could not be gathered.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("could not read the config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The config file.
+        path: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// A key of the config file has a value of the wrong type, or is unknown.
     #[error("config file {path}: field `{field}`: {message}")]
-    Field { path: String, field: String, message: String },
+    Field {
+        /// The config file.
+        path: String,
+        /// The key, as a path (`batch_size`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The config file is not a JSON object.
     #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The config file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A parameter without a default was given neither in the file nor as a flag.
     #[error("`{field}` is required: set it in the config file or pass {flag}")]
-    Missing { field: &'static str, flag: &'static str },
+    Missing {
+        /// The parameter's config key.
+        field: &'static str,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
 }
 
-/// The spec's parameters as a config file (or flags) gives them; every field
-/// is optional so that flags can fill in or override any of them.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobFile {
-    pub generation_model: Option<String>,
+/// A job's parameters: each one defined here, once.
+///
+/// The same struct is the `batchgen run` flags (flattened into the CLI), the
+/// config file's keys and the library's input, so a new parameter is one new
+/// field. Its doc comment is the flag's help; its `default_value_t` is the
+/// only place its default is written: [`Job::default`] and the config file
+/// take the defaults from clap too, and a test checks the README's table
+/// against them. Ranges are the component's to check (`check-config`), so
+/// every host of the component applies the same rules.
+#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Job {
+    /// Local, Claude 3.5 Haiku, Claude 3.5 Sonnet, OpenAI GPT 4o, OpenAI GPT 4o Mini (any case, or
+    /// slugs like gpt-4o-mini). Required.
+    #[arg(long, value_name = "NAME", default_value = "", hide_default_value = true)]
+    pub generation_model: String,
+    /// Sent as the system prompt; blank counts as none.
+    #[arg(long, value_name = "TEXT")]
     pub system_prompt: Option<String>,
-    pub input_column: Option<String>,
-    pub output_column: Option<String>,
-    pub batch_size: Option<u32>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub max_tokens: Option<u32>,
-    /// Replaces the provider id of `generation_model` (e.g. a successor).
+    /// Column holding each row's input. Required.
+    #[arg(long, value_name = "COL", default_value = "", hide_default_value = true)]
+    pub input_column: String,
+    /// Column to write; failures go to COL_error. Required.
+    #[arg(long, value_name = "COL", default_value = "", hide_default_value = true)]
+    pub output_column: String,
+    /// Rows per batch, and requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub batch_size: u32,
+    /// 0.0 to 2.0 (Claude: to 1.0).
+    #[arg(long, value_name = "X", default_value_t = 0.01, allow_negative_numbers = true)]
+    pub temperature: f64,
+    /// 0.0 to 1.0; sent only when not 1.0.
+    #[arg(long, value_name = "X", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f64,
+    /// 1 to 4096.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_tokens: u32,
+    /// Provider model id to request instead of the label's (e.g. a retired model's successor).
+    #[arg(long, value_name = "ID")]
     pub model_id: Option<String>,
-    pub max_attempts: Option<u32>,
-    /// Per-request deadline in seconds.
-    pub request_timeout: Option<f64>,
-    /// Ceiling on requests started per minute.
+    /// Attempts per row, retries included.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Per-request deadline in seconds, from when the request is sent (the official SDKs' default).
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = seconds::parse)]
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
+    /// Ceiling on requests started per minute, for users who know their tier.
+    #[arg(long, value_name = "N")]
     pub max_rpm: Option<u32>,
-    /// Ceiling on tokens (prompt estimate plus max_tokens) per minute.
+    /// Ceiling on tokens per minute (prompt estimate plus max_tokens per request).
+    #[arg(long, value_name = "N")]
     pub max_tpm: Option<u32>,
 }
 
-impl JobFile {
-    /// Reads a JSON object with the spec's keys. Unknown keys are errors, so
+impl Default for Job {
+    /// The defaults clap declares, so that they are written only once.
+    fn default() -> Job {
+        crate::defaults::from_clap()
+    }
+}
+
+impl Job {
+    /// Reads a JSON object with the job's keys. Unknown keys are errors, so
     /// a typo never silently falls back to a default.
-    pub fn read(path: &Path) -> Result<JobFile, ConfigError> {
+    pub fn read(path: &Path) -> Result<Job, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        JobFile::parse(&text, &shown)
+        Job::parse(&text, &shown)
     }
 
     /// Parses config text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<JobFile, ConfigError> {
+    pub fn parse(text: &str, origin: &str) -> Result<Job, ConfigError> {
         let shown = origin.to_string();
         let mut deserializer = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -81,68 +141,29 @@ impl JobFile {
         })
     }
 
-    /// `self` with every field `overrides` sets replaced.
-    pub fn merge(self, overrides: JobFile) -> JobFile {
-        JobFile {
-            generation_model: overrides.generation_model.or(self.generation_model),
-            system_prompt: overrides.system_prompt.or(self.system_prompt),
-            input_column: overrides.input_column.or(self.input_column),
-            output_column: overrides.output_column.or(self.output_column),
-            batch_size: overrides.batch_size.or(self.batch_size),
-            temperature: overrides.temperature.or(self.temperature),
-            top_p: overrides.top_p.or(self.top_p),
-            max_tokens: overrides.max_tokens.or(self.max_tokens),
-            model_id: overrides.model_id.or(self.model_id),
-            max_attempts: overrides.max_attempts.or(self.max_attempts),
-            request_timeout: overrides.request_timeout.or(self.request_timeout),
-            max_rpm: overrides.max_rpm.or(self.max_rpm),
-            max_tpm: overrides.max_tpm.or(self.max_tpm),
+    /// `self` (a config file, or the defaults) with every parameter that was
+    /// given on the command line (`given`, by field name) taken from `flags`.
+    pub fn overridden_by(self, flags: &Job, given: impl Fn(&str) -> bool) -> Job {
+        let (mut merged, flags) = (to_object(&self), to_object(flags));
+        for (field, value) in flags {
+            if given(&field) {
+                merged.insert(field, value);
+            }
         }
+        serde_json::from_value(merged.into()).expect("a job's own values deserialize")
     }
-}
 
-/// A complete job: every parameter has a value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Job {
-    pub generation_model: String,
-    pub system_prompt: Option<String>,
-    pub input_column: String,
-    pub output_column: String,
-    pub batch_size: u32,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub max_tokens: u32,
-    pub model_id: Option<String>,
-    pub max_attempts: u32,
-    pub request_timeout: Duration,
-    pub max_rpm: Option<u32>,
-    pub max_tpm: Option<u32>,
-}
-
-impl Job {
-    /// Fills in the spec's defaults; names the first required field missing.
-    pub fn from_file(file: JobFile) -> Result<Job, ConfigError> {
-        let required = |value: Option<String>, field, flag| value.ok_or(ConfigError::Missing { field, flag });
-        let request_timeout = match file.request_timeout {
-            None => DEFAULT_REQUEST_TIMEOUT,
-            // Out-of-range values become 0, which `check-config` rejects by name.
-            Some(seconds) => Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO),
-        };
-        Ok(Job {
-            generation_model: required(file.generation_model, "generation_model", "--generation-model")?,
-            input_column: required(file.input_column, "input_column", "--input-column")?,
-            output_column: required(file.output_column, "output_column", "--output-column")?,
-            system_prompt: file.system_prompt,
-            batch_size: file.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-            temperature: file.temperature.unwrap_or(DEFAULT_TEMPERATURE),
-            top_p: file.top_p.unwrap_or(DEFAULT_TOP_P),
-            max_tokens: file.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-            model_id: file.model_id,
-            max_attempts: file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-            request_timeout,
-            max_rpm: file.max_rpm.filter(|&n| n > 0),
-            max_tpm: file.max_tpm.filter(|&n| n > 0),
-        })
+    /// Names the first required parameter that has no value.
+    pub fn check_required(&self) -> Result<(), ConfigError> {
+        let required = [
+            (&self.generation_model, "generation_model", "--generation-model"),
+            (&self.input_column, "input_column", "--input-column"),
+            (&self.output_column, "output_column", "--output-column"),
+        ];
+        match required.into_iter().find(|(value, _, _)| value.is_empty()) {
+            Some((_, field, flag)) => Err(ConfigError::Missing { field, flag }),
+            None => Ok(()),
+        }
     }
 
     /// The component's view of this job.
@@ -165,11 +186,47 @@ impl Job {
     }
 }
 
+fn to_object(job: &Job) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(job) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => unreachable!("a job serialises as an object"),
+    }
+}
+
+/// A duration as a number of seconds, the unit users write in flags and
+/// config files.
+mod seconds {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Parses a flag's value.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+        from_f64(seconds)
+    }
+
+    fn from_f64(seconds: f64) -> Result<Duration, String> {
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{seconds} is not a number of seconds"))
+    }
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(duration.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        from_f64(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where the providers live: the operator's choice (environment or flags),
 /// never the component's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderEndpoints {
+    /// Base of the OpenAI API, including its version segment
+    /// (`https://api.openai.com/v1`).
     pub openai_base_url: String,
+    /// Base of the Anthropic API, without the version segment
+    /// (`https://api.anthropic.com`).
     pub anthropic_base_url: String,
 }
 
@@ -185,7 +242,9 @@ impl Default for ProviderEndpoints {
 /// API keys, by provider. Kept out of `Debug` output.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
+    /// Sent as a bearer token to the OpenAI endpoint only.
     pub openai: Option<String>,
+    /// Sent as `x-api-key` to the Anthropic endpoint only.
     pub anthropic: Option<String>,
 }
 
@@ -217,28 +276,28 @@ mod tests {
     #[test]
     fn config_file_errors_name_the_field() {
         let file = write(r#"{"generation_model": "Local", "batch_size": -3}"#);
-        let error = JobFile::read(file.path()).unwrap_err().to_string();
+        let error = Job::read(file.path()).unwrap_err().to_string();
         assert!(error.contains("`batch_size`"), "{error}");
         let file = write(r#"{"temprature": 0.5}"#);
-        let error = JobFile::read(file.path()).unwrap_err().to_string();
+        let error = Job::read(file.path()).unwrap_err().to_string();
         assert!(error.contains("temprature"), "{error}");
         let file = write(r#"{"temperature": "#);
-        assert!(matches!(JobFile::read(file.path()), Err(ConfigError::Parse { .. })));
+        assert!(matches!(Job::read(file.path()), Err(ConfigError::Parse { .. })));
+        let file = write(r#"{"request_timeout": -1}"#);
+        let error = Job::read(file.path()).unwrap_err().to_string();
+        assert!(error.contains("`request_timeout`"), "{error}");
     }
 
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {
-        let file = JobFile {
-            generation_model: Some("Local".into()),
-            input_column: Some("q".into()),
-            output_column: Some("a".into()),
-            temperature: Some(0.5),
-            ..JobFile::default()
-        };
-        let job = Job::from_file(file.merge(JobFile { temperature: Some(0.7), ..JobFile::default() })).unwrap();
-        assert_eq!(job.temperature, 0.7);
-        assert_eq!((job.batch_size, job.top_p, job.max_tokens), (128, 1.0, 1024));
-        let missing = Job::from_file(JobFile { generation_model: Some("Local".into()), ..JobFile::default() });
+        let file = Job::parse(r#"{"generation_model": "Local", "input_column": "q", "output_column": "a", "temperature": 0.5, "top_p": 0.9}"#, "test").unwrap();
+        let flags = Job { temperature: 0.7, top_p: 0.2, ..Job::default() };
+        let job = file.overridden_by(&flags, |field| field == "temperature");
+        assert_eq!((job.temperature, job.top_p), (0.7, 0.9));
+        assert_eq!((job.batch_size, job.max_tokens, job.request_timeout), (128, 1024, Duration::from_secs(600)));
+        assert_eq!(job.input_column, "q");
+        job.check_required().unwrap();
+        let missing = Job { generation_model: "Local".into(), ..Job::default() }.check_required();
         assert!(missing.unwrap_err().to_string().contains("input_column"));
     }
 

@@ -29,14 +29,31 @@ const KEY_LEN: usize = 32;
 /// No single generation comes near this; a larger length is damage.
 const MAX_PAYLOAD: u32 = 64 * 1024 * 1024;
 
+/// An error opening, reading or appending to a journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// Opening, reading, writing or syncing the journal file failed.
     #[error("journal {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The journal file, as shown in messages.
+        path: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// Another process holds the journal's lock: another batchgen run is
+    /// writing the same output.
     #[error("journal {path} is in use by another batchgen run writing the same output")]
-    Locked { path: String },
+    Locked {
+        /// The journal file, as shown in messages.
+        path: String,
+    },
+    /// The file at the journal's path has content that is not a journal (it
+    /// does not start with the magic line).
     #[error("{path} is not a batchgen journal; move it away or pass --fresh")]
-    NotAJournal { path: String },
+    NotAJournal {
+        /// The file, as shown in messages.
+        path: String,
+    },
 }
 
 /// What determines a row's output. Two rows with equal keys would get the
@@ -51,13 +68,18 @@ pub struct WorkParams {
     pub provider: String,
     /// The id requested; for a local backend also what identifies it.
     pub model_id: String,
+    /// The system prompt, if one is sent.
     pub system_prompt: Option<String>,
+    /// Sampling temperature.
     pub temperature: f64,
+    /// Nucleus sampling threshold.
     pub top_p: f64,
+    /// Upper bound on generated tokens per row.
     pub max_tokens: u32,
 }
 
 impl WorkParams {
+    /// The key of the generation for `input` under these parameters.
     pub fn key(&self, input: &str) -> WorkKey {
         let mut sha = Sha256::new();
         // Length-prefixed fields: no two different tuples encode the same.
@@ -82,10 +104,15 @@ impl WorkParams {
 /// A saved generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
+    /// The generated text.
     pub text: String,
+    /// Why generation stopped, as the provider said it (`stop`, `length`, ...).
     pub finish_reason: String,
+    /// Prompt tokens, as the provider counted them.
     pub input_tokens: u32,
+    /// Generated tokens, as the provider counted them.
     pub output_tokens: u32,
+    /// Requests made for the row, the successful one included.
     pub attempts: u32,
 }
 
@@ -98,6 +125,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
+/// An open journal: the work earlier runs saved, and where this run appends
+/// its own. The file stays locked against other runs while this is alive.
 pub struct Journal {
     path: PathBuf,
     file: File,
@@ -208,6 +237,7 @@ impl Journal {
         Ok(())
     }
 
+    /// What opening the journal found: records kept and bytes cut.
     pub fn recovery(&self) -> Recovery {
         self.recovery
     }
@@ -218,6 +248,7 @@ impl Journal {
         self.index.len()
     }
 
+    /// True if no earlier run saved any rows.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

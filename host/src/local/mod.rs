@@ -6,7 +6,7 @@ mod server;
 pub use embedded::{EmbeddedError, EmbeddedModel};
 pub use server::ServerModel;
 
-use crate::plugin::bindings::{LocalCompletion, LocalRequest, RowError};
+use crate::bindings::{LocalCompletion, LocalRequest, RowError};
 use std::sync::Arc;
 
 /// The local model a run uses.
@@ -21,6 +21,8 @@ pub enum LocalModel {
 }
 
 impl LocalModel {
+    /// Generates for every request, one result each, in request order.
+    /// With no local model configured, every request fails.
     pub async fn generate(&self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
         match self {
             LocalModel::Unavailable => requests

@@ -3,7 +3,7 @@
 //! continuous batching) does the rest.
 
 use crate::outbound::{HttpClient, full_body};
-use crate::plugin::bindings::{LocalCompletion, LocalRequest, ProviderError, RowError};
+use crate::bindings::{LocalCompletion, LocalRequest, ProviderError, RowError};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 /// llama.cpp ignores the field.
 const FALLBACK_MODEL: &str = "default";
 
+/// An OpenAI-compatible server (vLLM, llama.cpp, Ollama) that serves `Local`.
 pub struct ServerModel {
     /// Base URL including the version segment, e.g. `http://localhost:8000/v1`.
     base: String,
@@ -24,14 +25,19 @@ pub struct ServerModel {
 }
 
 impl ServerModel {
+    /// A server at `base`, the URL up to and including its version segment
+    /// (`http://localhost:8000/v1`); a trailing `/` is dropped.
     pub fn new(base: &str, client: HttpClient) -> ServerModel {
         ServerModel { base: base.trim_end_matches('/').to_string(), client, default_model: OnceCell::new() }
     }
 
+    /// The base URL, without a trailing `/`.
     pub fn base(&self) -> &str {
         &self.base
     }
 
+    /// Sends every request at once and returns one result each, in request
+    /// order.
     pub async fn generate(self: &Arc<Self>, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
         let count = requests.len();
         let mut tasks = tokio::task::JoinSet::new();

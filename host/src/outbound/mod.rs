@@ -7,110 +7,28 @@
 //! sends it over a keep-alive connection pool (HTTP/2 where the server
 //! offers it through ALPN, rustls for TLS).
 
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+mod allowlist;
+mod client;
+
+pub use allowlist::{Allowlist, CREDENTIAL_HEADERS, Denied, Destination, Origin};
+pub use client::{HttpClient, download_client, full_body, http_client};
+
 use crate::pace::Pacer;
+use bytes::Bytes;
+use client::client_error;
+use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks};
 
-/// Header names a guest may never set: credentials are the host's to add.
-const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
 /// Used when nobody sets a timeout: the official SDKs' ten minutes.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Scheme, host and port: what the allowlist compares.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl Origin {
-    pub fn parse(url: &str) -> Result<Origin, String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
-        let https = match parsed.scheme() {
-            "https" => true,
-            "http" => false,
-            other => return Err(format!("{url:?} has scheme {other:?}; only http and https are supported")),
-        };
-        let host = parsed.host_str().ok_or_else(|| format!("{url:?} has no host"))?;
-        Ok(Origin {
-            https,
-            host: host.to_ascii_lowercase(),
-            port: parsed.port_or_known_default().unwrap_or(if https { 443 } else { 80 }),
-        })
-    }
-
-    fn of_uri(uri: &http::Uri) -> Option<Origin> {
-        let https = match uri.scheme_str()? {
-            "https" => true,
-            "http" => false,
-            _ => return None,
-        };
-        let authority = uri.authority()?;
-        Some(Origin {
-            https,
-            host: authority.host().to_ascii_lowercase(),
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-        })
-    }
-}
-
-/// A destination the operator allows, with the credential header that goes
-/// with it.
-#[derive(Clone)]
-pub struct Destination {
-    pub origin: Origin,
-    pub credential: Option<(HeaderName, HeaderValue)>,
-}
-
-impl Destination {
-    /// OpenAI-style `Authorization: Bearer KEY`.
-    pub fn bearer(origin: Origin, key: Option<&str>) -> Result<Destination, String> {
-        let credential = key.map(|key| credential(AUTHORIZATION, &format!("Bearer {key}"))).transpose()?;
-        Ok(Destination { origin, credential })
-    }
-
-    /// Anthropic-style `x-api-key: KEY`.
-    pub fn api_key(origin: Origin, key: Option<&str>) -> Result<Destination, String> {
-        let credential = key.map(|key| credential(HeaderName::from_static("x-api-key"), key)).transpose()?;
-        Ok(Destination { origin, credential })
-    }
-}
-
-fn credential(name: HeaderName, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let mut value = HeaderValue::from_str(value).map_err(|_| format!("the API key for {name} contains characters a header cannot carry"))?;
-    value.set_sensitive(true);
-    Ok((name, value))
-}
-
-/// The pooled client shared by every request of a run.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, WasiBody>;
-
-pub fn http_client() -> HttpClient {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
-}
 
 /// The `wasi:http` hooks of one store.
 #[derive(Clone)]
 pub struct Outbound {
-    destinations: Arc<[Destination]>,
+    allowlist: Allowlist,
     client: HttpClient,
     pacer: Arc<Pacer>,
     max_reply_bytes: usize,
@@ -122,7 +40,7 @@ impl Outbound {
     /// `pacer` sets. Clones share all three: one run, one pool, one pace.
     pub fn new(destinations: Vec<Destination>, client: HttpClient, pacer: Arc<Pacer>) -> Outbound {
         Outbound {
-            destinations: destinations.into(),
+            allowlist: Allowlist::new(destinations),
             client,
             pacer,
             max_reply_bytes: usize::MAX,
@@ -149,29 +67,6 @@ impl Outbound {
     pub fn deny_all() -> Outbound {
         Outbound::new(Vec::new(), http_client(), Pacer::new(Default::default()))
     }
-
-    /// Checks the request against the allowlist and adds its credential.
-    fn authorize(&self, request: &mut http::Request<WasiBody>) -> Result<(), HttpError> {
-        let origin = Origin::of_uri(request.uri()).ok_or(HttpError::HttpRequestUriInvalid)?;
-        let destination = self
-            .destinations
-            .iter()
-            .find(|d| d.origin == origin)
-            .ok_or_else(|| {
-                tracing::warn!("denied a request to {}://{}:{}: not a configured endpoint", if origin.https { "https" } else { "http" }, origin.host, origin.port);
-                HttpError::HttpRequestDenied
-            })?;
-        let headers = request.headers_mut();
-        // The forbidden-header filter already keeps these out; removing them
-        // again makes the guarantee independent of that filter.
-        for name in CREDENTIAL_HEADERS {
-            headers.remove(name);
-        }
-        if let Some((name, value)) = &destination.credential {
-            headers.insert(name.clone(), value.clone());
-        }
-        Ok(())
-    }
 }
 
 impl WasiHttpHooks for Outbound {
@@ -191,7 +86,13 @@ impl WasiHttpHooks for Outbound {
             + Send,
     > {
         drop(fut);
-        let decision = self.authorize(&mut request);
+        let decision = self.allowlist.authorize(&mut request).map_err(|denied| match denied {
+            Denied::InvalidUri => HttpError::HttpRequestUriInvalid,
+            Denied::NotAllowed(origin) => {
+                tracing::warn!("denied a request to {origin}: not a configured endpoint");
+                HttpError::HttpRequestDenied
+            }
+        });
         let client = self.client.clone();
         let pacer = Arc::clone(&self.pacer);
         let cap = self.max_reply_bytes;
@@ -284,44 +185,3 @@ async fn estimate_tokens(request: http::Request<WasiBody>) -> Result<(http::Requ
     Ok((http::Request::from_parts(parts, full_body(bytes)), u32::try_from(tokens).unwrap_or(u32::MAX)))
 }
 
-/// Maps a pooled-client failure to the `wasi:http` error the guest sees.
-fn client_error(error: hyper_util::client::legacy::Error) -> HttpError {
-    if error.is_connect() {
-        tracing::debug!("connect error: {error:?}");
-        return HttpError::ConnectionRefused;
-    }
-    let mut source = std::error::Error::source(&error);
-    while let Some(inner) = source {
-        if let Some(hyper) = inner.downcast_ref::<hyper::Error>() {
-            if hyper.is_incomplete_message() {
-                return HttpError::HttpResponseIncomplete;
-            }
-            if hyper.is_timeout() {
-                return HttpError::HttpResponseTimeout;
-            }
-        }
-        source = inner.source();
-    }
-    tracing::debug!("request failed: {error:?}");
-    HttpError::ConnectionTerminated
-}
-
-/// Bodies the host itself sends (the local-model forwarder) use the same client.
-pub fn full_body(bytes: impl Into<Bytes>) -> WasiBody {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins_compare_scheme_host_and_port() {
-        let a = Origin::parse("https://API.openai.com/v1").unwrap();
-        assert_eq!(a, Origin::parse("https://api.openai.com:443/other").unwrap());
-        assert_ne!(a, Origin::parse("http://api.openai.com/v1").unwrap());
-        assert_ne!(a, Origin::parse("https://api.openai.com:8443/v1").unwrap());
-        assert!(Origin::parse("ftp://x").is_err());
-        assert_eq!(Origin::of_uri(&"http://127.0.0.1:9000/v1/messages".parse().unwrap()), Some(Origin::parse("http://127.0.0.1:9000").unwrap()));
-    }
-}

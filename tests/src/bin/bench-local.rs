@@ -9,7 +9,7 @@ use batchgen::local::EmbeddedModel;
 /// binary's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use batchgen::plugin::bindings::LocalRequest;
+use batchgen::bindings::LocalRequest;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -51,11 +51,11 @@ fn requests(count: usize, max_tokens: u32) -> Vec<LocalRequest> {
 }
 
 fn main() {
-    let path = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(batchgen::local::embedded::DEFAULT_MODEL));
     let cache = batchgen::plugin::cache::default_dir();
+    let path = match std::env::args().nth(1) {
+        Some(path) => PathBuf::from(path),
+        None => batchgen::local::embedded::default_model::path(cache.as_deref()).expect("the default model is fetched"),
+    };
     let started = Instant::now();
     let model = EmbeddedModel::load(&path, cache.as_deref(), 1).expect("the model loads");
     println!("load (converted weights cached)  {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));

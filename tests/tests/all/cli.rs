@@ -223,8 +223,9 @@ fn bad_input_is_refused_before_any_request() {
     // Missing keys name the variable.
     refused(&server, d, &run_with(&[]).iter().map(String::as_str).collect::<Vec<_>>(), true, &["OPENAI_API_KEY"]);
     refused(&server, d, &["--input", good, "--output", out, "--generation-model", "Claude 3.5 Sonnet", "--input-column", "prompt", "--output-column", "answer"], true, &["ANTHROPIC_API_KEY"]);
-    // Local without a server.
-    refused(&server, d, &["--input", good, "--output", out, "--generation-model", "local", "--input-column", "prompt", "--output-column", "answer"], true, &["--local-url"]);
+    // Local without a server or a model file.
+    let no_model = d.join("no-model.gguf");
+    refused(&server, d, &["--input", good, "--output", out, "--generation-model", "local", "--input-column", "prompt", "--output-column", "answer", "--local-model", path(&no_model)], true, &["--local-url"]);
 
     // Config files: unknown keys and wrong types name the field.
     let config = d.join("bad.json");

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 
 
-use batchgen::config::{ApiKeys, Job, JobFile, ProviderEndpoints};
+use batchgen::config::{ApiKeys, Job, ProviderEndpoints};
 use batchgen::run::RunOptions;
 use batchgen_tests::harness;
 use batchgen_tests::provider::ProviderServer;
@@ -13,13 +13,12 @@ pub const ANTHROPIC_KEY: &str = "sk-ant-test";
 
 /// A job with the spec's defaults for `model`, reading `prompt` into `answer`.
 pub fn job(model: &str) -> Job {
-    Job::from_file(JobFile {
-        generation_model: Some(model.to_string()),
-        input_column: Some("prompt".into()),
-        output_column: Some("answer".into()),
-        ..JobFile::default()
-    })
-    .unwrap()
+    Job {
+        generation_model: model.to_string(),
+        input_column: "prompt".into(),
+        output_column: "answer".into(),
+        ..Job::default()
+    }
 }
 
 /// Library-level run options pointed at `server`, with both keys set.

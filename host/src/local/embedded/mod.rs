@@ -7,13 +7,14 @@
 //! batch as they end (see `llama` and `attention`).
 
 mod attention;
+pub mod default_model;
 mod llama;
 mod parallel;
 mod projection;
 mod sampler;
 mod tokenizer;
 
-use crate::plugin::bindings::{LocalCompletion, LocalRequest, RowError};
+use crate::bindings::{LocalCompletion, LocalRequest, RowError};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::Device;
 use llama::Llama;
@@ -23,22 +24,39 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokenizer::ChatTokenizer;
 
-/// Where `cargo xtask setup` puts the default model.
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Sequences decoded together; the other rows of a bigger batch wait for a
 /// place. Measured on two cores (`cargo xtask bench-local`):
 /// 16 give 3.2× the tokens/s of one sequence, 32 give 3.5×, 64 fall back
 /// to 3.0× (the activations and caches outgrow the CPU caches).
 pub const DECODE_BATCH: usize = 32;
 
+/// Why the embedded model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error("the local model file {path} does not exist: run `cargo xtask setup` to fetch the default model, or pass --local-model PATH (or --local-url URL for a model server)")]
-    Missing { path: String },
+    /// No file at the model's path.
+    #[error(
+        "the local model file {path} does not exist: run `batchgen fetch-model` to fetch the default model, \
+         or pass --local-model PATH (or --local-url URL for a model server)"
+    )]
+    Missing {
+        /// The path looked at.
+        path: String,
+    },
+    /// No user cache to hold the default model.
+    #[error("no cache directory for the default local model: set BATCHGEN_CACHE_DIR or HOME, or pass --local-model PATH")]
+    NoCache,
+    /// The file is not a model this engine runs.
     #[error("the local model file {path} could not be loaded: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The model file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
+/// A llama-family GGUF model run in-process on the CPU, decoding each batch
+/// of requests together.
 pub struct EmbeddedModel {
     model: Mutex<Llama>,
     tokenizer: ChatTokenizer,
@@ -71,6 +89,8 @@ impl EmbeddedModel {
         Ok(EmbeddedModel { model: Mutex::new(model), tokenizer, seed, identity: format!("embedded:{name}:seed={seed}") })
     }
 
+    /// The model's file name and seed (`embedded:<file>:seed=<seed>`): what
+    /// saved work from it is keyed by.
     pub fn identity(&self) -> &str {
         &self.identity
     }

@@ -1,0 +1,108 @@
+//! Everything a run checks before it sends its first request: paths,
+//! config, the model, credentials and endpoints, the local model, and a
+//! full pass over the input. A run that fails here has sent nothing.
+
+use super::{RunError, RunOptions, load_plugin};
+use crate::bindings::{Config, ModelInfo, Provider};
+use crate::dataset::{self, Format, Survey};
+use crate::local::{EmbeddedModel, LocalModel, ServerModel, embedded};
+use crate::outbound::{self, Destination, Origin, Outbound};
+use crate::plugin::{Plugin, Session};
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a checked run starts from.
+pub(super) struct Prepared {
+    pub plugin: Plugin,
+    pub config: Config,
+    pub model: ModelInfo,
+    pub client: outbound::HttpClient,
+    pub destinations: Vec<Destination>,
+    pub local: LocalModel,
+    pub survey: Survey,
+    /// An instance that can reach nothing: it answers questions only.
+    pub probe: Session,
+}
+
+/// Paths, config, credentials, the local model, and a full pass over the input.
+pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> {
+    options.job.check_required()?;
+    Format::from_path(&options.input)?;
+    Format::from_path(&options.output)?;
+    if same_file(&options.input, &options.output) {
+        return Err(RunError::SameFile(options.output.display().to_string()));
+    }
+    let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), options.limits)?;
+    let config = options.job.component_config(&options.endpoints);
+    let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
+    let problems = probe.check_config(&config).await?;
+    if !problems.is_empty() {
+        return Err(RunError::Config(problems));
+    }
+    // The component accepted the config, so it should know the model; one
+    // that does not is a broken component, not a reason to panic.
+    let generation_model = &options.job.generation_model;
+    let model = probe
+        .find_model(generation_model)
+        .await?
+        .ok_or_else(|| RunError::NoModel(generation_model.clone()))?;
+    let client = outbound::http_client();
+    let (destinations, local) = connections(options, &model, &client)?;
+    let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
+    Ok(Prepared { plugin, config, model, client, destinations, local, survey, probe })
+}
+
+/// The one destination this run may reach (the chosen provider's endpoint,
+/// with its key) and the local model.
+fn connections(
+    options: &RunOptions,
+    model: &ModelInfo,
+    client: &outbound::HttpClient,
+) -> Result<(Vec<Destination>, LocalModel), RunError> {
+    // A provider: its key variable, the key, its base URL and how the key
+    // travels (OpenAI's bearer token, Anthropic's x-api-key).
+    type Credential = fn(Origin, Option<&str>) -> Result<Destination, String>;
+    let endpoints = &options.endpoints;
+    let (variable, key, base_name, base, credential): (_, _, _, _, Credential) = match model.provider {
+        Provider::Openai => {
+            ("OPENAI_API_KEY", &options.keys.openai, "OPENAI_BASE_URL", &endpoints.openai_base_url, Destination::bearer)
+        }
+        Provider::Anthropic => (
+            "ANTHROPIC_API_KEY",
+            &options.keys.anthropic,
+            "ANTHROPIC_BASE_URL",
+            &endpoints.anthropic_base_url,
+            Destination::api_key,
+        ),
+        Provider::Local => return Ok((Vec::new(), local_model(options, client)?)),
+    };
+    let key = key.as_deref().ok_or_else(|| RunError::MissingKey { variable, model: model.label.clone() })?;
+    let destination =
+        credential(endpoint(base_name, base)?, Some(key)).map_err(|message| RunError::InvalidKey { variable, message })?;
+    Ok((vec![destination], LocalModel::Unavailable))
+}
+
+/// `Local`: the server at `--local-url`, else the embedded model.
+fn local_model(options: &RunOptions, client: &outbound::HttpClient) -> Result<LocalModel, RunError> {
+    if let Some(url) = options.local_url.as_deref() {
+        endpoint("--local-url", url)?;
+        return Ok(LocalModel::Server(Arc::new(ServerModel::new(url, client.clone()))));
+    }
+    let path = match &options.local_model {
+        Some(path) => path.clone(),
+        None => embedded::default_model::path(options.cache_dir.as_deref())?,
+    };
+    let model = EmbeddedModel::load(&path, options.cache_dir.as_deref(), options.seed)?;
+    Ok(LocalModel::Embedded(Arc::new(model)))
+}
+
+fn endpoint(name: &'static str, url: &str) -> Result<Origin, RunError> {
+    Origin::parse(url).map_err(|message| RunError::Endpoint { name, url: url.to_string(), message })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,283 @@
+//! The batches of a run in flight: read in order, generated concurrently by
+//! a small pool of component instances, made durable in the journal as soon
+//! as they return, and written to the output strictly in order.
+
+use super::prepare::Prepared;
+use super::{RunError, RunOptions};
+use crate::bindings::{Config, Generation, Provider, RowError};
+use crate::dataset::{Chunk, Reader, Writer};
+use crate::journal::{Journal, Saved, WorkKey, WorkParams};
+use crate::local::LocalModel;
+use crate::outbound::Outbound;
+use crate::pace::{PaceSettings, Pacer};
+use crate::plugin::{Plugin, PluginError, Session};
+use crate::summary::Summary;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Batches in flight at once. With two, the next batch's requests are
+/// already queued at the pacer while the previous batch's slowest ones
+/// finish, so the concurrency limit stays full between batches; outputs are
+/// still written strictly in order.
+const BATCH_WINDOW: usize = 2;
+/// An instance is replaced after this many rows, so that anything it or
+/// its WASI resources leak (wasmtime-wasi-http 48 leaks a table entry per
+/// request in some paths) stays bounded. A new instance costs ~0.1 ms.
+const RECYCLE_AFTER_ROWS: u64 = 100_000;
+
+type BatchResults = Result<Vec<Result<Generation, RowError>>, PluginError>;
+
+/// A run between its checks and its last write.
+pub(super) struct Window {
+    plugin: Plugin,
+    config: Config,
+    outbound: Outbound,
+    local: LocalModel,
+    pacer: Arc<Pacer>,
+    journal: Journal,
+    params: WorkParams,
+    reader: Reader,
+    writer: Writer,
+    batch_size: usize,
+    /// Instances not generating right now.
+    idle: Vec<Session>,
+    /// Batches read but not yet written, by sequence number; a batch's
+    /// results arrive in any order but are written strictly in order.
+    pending: BTreeMap<u64, Pending>,
+    tasks: JoinSet<(u64, Session, BatchResults)>,
+    next_seq: u64,
+    exhausted: bool,
+    /// What has been written so far.
+    pub summary: Summary,
+}
+
+impl Window {
+    /// Opens the journal, input and output, and starts the instances; with
+    /// `options.preflight`, checks credentials and model id with one request.
+    pub async fn open(options: &RunOptions, prepared: Prepared) -> Result<Window, RunError> {
+        let Prepared { plugin, config, model, client, destinations, local, survey, probe } = prepared;
+        drop(probe);
+        let job = &options.job;
+        let journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
+        let params = WorkParams {
+            provider: model.provider.name().to_string(),
+            model_id: match (&job.model_id, model.provider) {
+                (Some(id), Provider::Local) => format!("{}:{id}", local.identity()),
+                (Some(id), _) => id.clone(),
+                (None, Provider::Local) => local.identity(),
+                (None, _) => model.model_id.clone(),
+            },
+            system_prompt: job.system_prompt.clone(),
+            temperature: job.temperature,
+            top_p: job.top_p,
+            max_tokens: job.max_tokens,
+        };
+        let reader = Reader::open(&options.input, &survey, &job.input_column)?;
+        let writer = Writer::create(&options.output, &survey, &job.output_column)?;
+        let pacer = Pacer::new(PaceSettings {
+            max_concurrency: job.batch_size as usize,
+            max_requests_per_minute: job.max_rpm.filter(|&n| n > 0),
+            max_tokens_per_minute: job.max_tpm.filter(|&n| n > 0),
+        });
+        let outbound = Outbound::new(destinations, client, Arc::clone(&pacer))
+            .with_reply_cap(options.limits.max_reply_bytes)
+            .with_request_timeout(job.request_timeout);
+        let mut idle = Vec::with_capacity(BATCH_WINDOW);
+        for _ in 0..BATCH_WINDOW {
+            idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
+        }
+        // Fail in a second, not after a batch: credentials and model id.
+        if options.preflight {
+            idle[0].preflight(&config).await?.map_err(|error| RunError::Preflight(error.describe()))?;
+        }
+        let summary = Summary {
+            model: model.label.clone(),
+            provider: model.provider.name().to_string(),
+            model_id: params.model_id.clone(),
+            total_rows: survey.rows,
+            ..Summary::default()
+        };
+        Ok(Window {
+            plugin,
+            config,
+            outbound,
+            local,
+            pacer,
+            journal,
+            params,
+            reader,
+            writer,
+            batch_size: job.batch_size as usize,
+            idle,
+            pending: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            next_seq: 0,
+            exhausted: false,
+            summary,
+        })
+    }
+
+    /// Every row has been read and written.
+    pub fn done(&self) -> bool {
+        self.exhausted && self.pending.is_empty()
+    }
+
+    /// Reads batches while the window has room, and starts generating the
+    /// rows of each that have no saved work.
+    pub fn fill(&mut self) -> Result<(), RunError> {
+        while !self.exhausted && self.pending.len() < BATCH_WINDOW && !self.idle.is_empty() {
+            let Some(chunk) = self.reader.next_chunk(self.batch_size)? else {
+                self.exhausted = true;
+                break;
+            };
+            let keys: Vec<WorkKey> = chunk.inputs.iter().map(|input| self.params.key(input)).collect();
+            let reused = keys.iter().map(|key| self.journal.get(key)).collect::<Result<Vec<_>, _>>()?;
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| reused[i].is_none()).collect();
+            let results = if missing.is_empty() {
+                Some(Vec::new())
+            } else {
+                let inputs: Vec<String> = missing.iter().map(|&i| chunk.inputs[i].clone()).collect();
+                self.spawn(inputs);
+                None
+            };
+            self.pending.insert(self.next_seq, Pending { chunk, keys, reused, missing, results });
+            self.next_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// Generates `inputs` as batch `next_seq` on an idle instance.
+    fn spawn(&mut self, inputs: Vec<String>) {
+        let Some(mut session) = self.idle.pop() else {
+            unreachable!("fill only reads a batch when an instance is idle")
+        };
+        let (config, seq) = (self.config.clone(), self.next_seq);
+        self.tasks.spawn(async move {
+            let results = session.generate_batch(&config, &inputs).await;
+            (seq, session, results)
+        });
+    }
+
+    /// Writes the oldest batch if its results are in; `false` when it is not
+    /// ready (or there is none).
+    pub fn write_next(&mut self) -> Result<bool, RunError> {
+        if self.pending.first_key_value().is_none_or(|(_, batch)| batch.results.is_none()) {
+            return Ok(false);
+        }
+        let Some((_, batch)) = self.pending.pop_first() else { return Ok(false) };
+        batch.write(&mut self.writer, &mut self.summary)?;
+        Ok(true)
+    }
+
+    /// Waits for one batch to finish generating and makes its outputs
+    /// durable in the journal before anything else happens: a kill from then
+    /// on repeats none of its rows.
+    pub async fn collect(&mut self) -> Result<(), RunError> {
+        let Some(joined) = self.tasks.join_next().await else { return Ok(()) };
+        let (seq, session, results) = joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        let results: Vec<Result<Generation, String>> = match results {
+            Ok(results) => {
+                self.release(session).await?;
+                results.into_iter().map(|result| result.map_err(|error| error.describe())).collect()
+            }
+            // The component broke on this batch: its rows fail in place (and
+            // are retried by the next run), and a fresh instance carries on.
+            Err(error) => {
+                let batch = &self.pending[&seq];
+                let (first, last) = (batch.chunk.first_row + 1, batch.chunk.first_row + batch.chunk.len() as u64);
+                tracing::warn!("rows {first} to {last}: {error}; continuing with a fresh instance");
+                drop(session);
+                self.idle.push(self.plugin.instantiate(self.outbound.clone(), self.local.clone()).await?);
+                let message = format!("component: {error}");
+                batch.missing.iter().map(|_| Err(message.clone())).collect()
+            }
+        };
+        let Some(batch) = self.pending.get_mut(&seq) else {
+            unreachable!("every task belongs to a pending batch")
+        };
+        let saved: Vec<(WorkKey, Saved)> = batch
+            .missing
+            .iter()
+            .zip(&results)
+            .filter_map(|(&row, result)| result.as_ref().ok().map(|g| (batch.keys[row], saved(g))))
+            .collect();
+        self.journal.append(&saved)?;
+        batch.results = Some(results);
+        Ok(())
+    }
+
+    /// Returns an instance to the pool, or a fresh one in its place once it
+    /// has served [`RECYCLE_AFTER_ROWS`].
+    async fn release(&mut self, session: Session) -> Result<(), RunError> {
+        if session.rows_served() >= RECYCLE_AFTER_ROWS {
+            drop(session);
+            self.idle.push(self.plugin.instantiate(self.outbound.clone(), self.local.clone()).await?);
+        } else {
+            self.idle.push(session);
+        }
+        Ok(())
+    }
+
+    /// Completes the output and the summary.
+    pub fn finish(self) -> Result<Summary, RunError> {
+        let Window { writer, pacer, mut summary, .. } = self;
+        let pace = pacer.stats();
+        summary.rate_limit_cuts = pace.cuts;
+        summary.lowest_concurrency = pace.lowest_limit;
+        writer.finish()?;
+        Ok(summary)
+    }
+}
+
+/// A batch read from the input and not yet written.
+struct Pending {
+    chunk: Chunk,
+    keys: Vec<WorkKey>,
+    /// Work saved by earlier runs, per row.
+    reused: Vec<Option<Saved>>,
+    /// Rows with no saved work, in the order they were sent.
+    missing: Vec<usize>,
+    /// Results for `missing`, once its task is done: a generation or the
+    /// text for the error column.
+    results: Option<Vec<Result<Generation, String>>>,
+}
+
+impl Pending {
+    /// Writes a finished batch: new results where rows were sent, saved work
+    /// everywhere else.
+    fn write(self, writer: &mut Writer, summary: &mut Summary) -> Result<(), RunError> {
+        let Pending { chunk, reused, missing, results, .. } = self;
+        let mut fresh = results.unwrap_or_default().into_iter();
+        let mut missing = missing.into_iter().peekable();
+        let mut outputs = Vec::with_capacity(chunk.len());
+        for (row, reused) in reused.into_iter().enumerate() {
+            let output = match (missing.next_if_eq(&row), reused) {
+                (Some(_), _) => {
+                    let result = fresh.next().expect("one result per sent row");
+                    summary.count(&result);
+                    result.map(|generation| generation.text)
+                }
+                (None, Some(saved)) => {
+                    summary.reused += 1;
+                    Ok(saved.text)
+                }
+                (None, None) => unreachable!("a row not sent has saved work"),
+            };
+            outputs.push(output);
+        }
+        summary.rows += chunk.len() as u64;
+        writer.write_chunk(chunk, &outputs)?;
+        Ok(())
+    }
+}
+
+fn saved(generation: &Generation) -> Saved {
+    Saved {
+        text: generation.text.clone(),
+        finish_reason: generation.finish_reason.clone(),
+        input_tokens: generation.input_tokens,
+        output_tokens: generation.output_tokens,
+        attempts: generation.attempts,
+    }
+}
