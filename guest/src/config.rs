@@ -2,7 +2,7 @@
 //! turns it into a `Plan` the rest of the component can trust.
 
 use crate::batchgen::plugin::types::{Config, ConfigProblem};
-use crate::models::{Model, Provider, MODELS};
+use crate::models::{MODELS, Model, Provider};
 use crate::url::BaseUrl;
 
 /// The spec's default temperature. Newer Claude models reject `temperature`
@@ -50,9 +50,8 @@ impl Plan {
     /// Validates everything at once, so a user fixes all problems in one go.
     pub fn new(config: &Config) -> Result<Plan, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem { field: field.to_string(), message })
-        };
+        let mut problem =
+            |field: &str, message: String| problems.push(ConfigProblem { field: field.to_string(), message });
 
         let model = Model::find(&config.generation_model);
         if model.is_none() {
@@ -109,10 +108,7 @@ impl Plan {
             }
             if model.provider == Provider::Anthropic {
                 if temperature > 1.0 && temperature <= 2.0 {
-                    problem(
-                        "temperature",
-                        format!("{temperature} is above 1.0, the most Anthropic models accept"),
-                    );
+                    problem("temperature", format!("{temperature} is above 1.0, the most Anthropic models accept"));
                 }
                 // Claude models after 3.x reject temperature and top_p together.
                 let is_claude_3 = model_id.starts_with("claude-3");

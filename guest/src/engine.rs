@@ -5,7 +5,7 @@
 
 use crate::batchgen::plugin::types::{Generation, RowError};
 use crate::config::{Plan, Remote};
-use crate::http::{transport_verdict, InFlight, Step};
+use crate::http::{InFlight, Step, transport_verdict};
 use crate::providers::{self, HttpRequest, Verdict};
 use std::collections::VecDeque;
 use wasip2::clocks::monotonic_clock;
@@ -29,8 +29,7 @@ struct Flight {
 }
 
 pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<Generation, RowError>> {
-    let requests: Vec<HttpRequest> =
-        inputs.iter().map(|input| providers::build_request(plan, remote, input)).collect();
+    let requests: Vec<HttpRequest> = inputs.iter().map(|input| providers::build_request(plan, remote, input)).collect();
     let mut results: Vec<Option<Result<Generation, RowError>>> = (0..inputs.len()).map(|_| None).collect();
     let mut attempts = vec![0u32; inputs.len()];
     let mut ready: VecDeque<usize> = (0..inputs.len()).collect();
@@ -125,10 +124,7 @@ pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<G
         }
     }
 
-    results
-        .into_iter()
-        .map(|result| result.expect("every row is settled before the loop ends"))
-        .collect()
+    results.into_iter().map(|result| result.expect("every row is settled before the loop ends")).collect()
 }
 
 /// Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))].

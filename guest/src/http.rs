@@ -5,8 +5,8 @@ use crate::batchgen::plugin::types::RowError;
 use crate::providers::{HttpReply, HttpRequest, Verdict};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody,
-    OutgoingRequest, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    Scheme,
 };
 use wasip2::io::poll::Pollable;
 use wasip2::io::streams::{InputStream, StreamError};
@@ -87,9 +87,7 @@ impl InFlight {
             // host drains the stream while we write.
             let future = outgoing_handler::handle(outgoing, None).map_err(Failure::Http)?;
             for chunk in request.body.chunks(MAX_BLOCKING_WRITE) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| Failure::Other(format!("body write: {e:?}")))?;
+                stream.blocking_write_and_flush(chunk).map_err(|e| Failure::Other(format!("body write: {e:?}")))?;
             }
             drop(stream);
             OutgoingBody::finish(body, None).map_err(Failure::Http)?;
@@ -126,7 +124,15 @@ impl InFlight {
                 let Ok(stream) = body.stream() else {
                     return Step::Done(Err(Failure::Other("response body stream taken twice".into())));
                 };
-                let reading = Reading { pollable: stream.subscribe(), stream, body, response, status, headers, bytes: Vec::new() };
+                let reading = Reading {
+                    pollable: stream.subscribe(),
+                    stream,
+                    body,
+                    response,
+                    status,
+                    headers,
+                    bytes: Vec::new(),
+                };
                 InFlight::Body(reading).advance()
             }
             InFlight::Body(mut reading) => loop {

@@ -59,7 +59,8 @@ impl Guest for Component {
     }
 
     fn preflight(config: Config) -> Result<(), RowError> {
-        let plan = config::Plan::new(&config).map_err(|problems| RowError::InvalidRequest(config::describe(&problems)))?;
+        let plan =
+            config::Plan::new(&config).map_err(|problems| RowError::InvalidRequest(config::describe(&problems)))?;
         let config::Target::Remote(remote) = &plan.target else { return Ok(()) };
         let reply = match http::fetch(&providers::models_request(remote), plan.request_timeout_ns) {
             Ok(reply) => reply,
@@ -98,10 +99,7 @@ impl Guest for Component {
             Ok(plan) => plan,
             Err(problems) => {
                 let message = config::describe(&problems);
-                return inputs
-                    .iter()
-                    .map(|_| Err(RowError::InvalidRequest(message.clone())))
-                    .collect();
+                return inputs.iter().map(|_| Err(RowError::InvalidRequest(message.clone()))).collect();
             }
         };
         match plan.target {

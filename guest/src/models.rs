@@ -26,13 +26,7 @@ pub struct Retirement {
 /// The spec's labels. Anthropic retired both Claude 3.5 ids; the labels stay
 /// because the spec names them, and a 404 for them says what to use instead.
 pub static MODELS: &[Model] = &[
-    Model {
-        label: "Local",
-        provider: Provider::Local,
-        model_id: "",
-        aliases: &["local"],
-        retired: None,
-    },
+    Model { label: "Local", provider: Provider::Local, model_id: "", aliases: &["local"], retired: None },
     Model {
         label: "Claude 3.5 Haiku",
         provider: Provider::Anthropic,
@@ -68,9 +62,9 @@ impl Model {
     /// `OpenAI GPT 4o Mini`, `openai-gpt-4o-mini` and `gpt-4o-mini` all match.
     pub fn find(name: &str) -> Option<&'static Model> {
         let wanted = slug(name);
-        MODELS.iter().find(|model| {
-            slug(model.label) == wanted || model.aliases.iter().any(|alias| slug(alias) == wanted)
-        })
+        MODELS
+            .iter()
+            .find(|model| slug(model.label) == wanted || model.aliases.iter().any(|alias| slug(alias) == wanted))
     }
 
     pub fn info(&self) -> ModelInfo {

@@ -33,11 +33,7 @@ impl BaseUrl {
         if path.contains(['?', '#']) {
             return Err(format!("{text:?} must not carry a query or fragment"));
         }
-        Ok(BaseUrl {
-            https,
-            authority: authority.to_string(),
-            path: path.trim_end_matches('/').to_string(),
-        })
+        Ok(BaseUrl { https, authority: authority.to_string(), path: path.trim_end_matches('/').to_string() })
     }
 
     /// The path and query for `suffix` (which starts with `/`) under this base.
@@ -57,7 +53,10 @@ mod tests {
         assert_eq!(url.authority, "api.openai.com");
         assert_eq!(url.join("/chat/completions"), "/v1/chat/completions");
         let url = BaseUrl::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!((url.https, url.authority.as_str(), url.join("/v1/messages").as_str()), (false, "127.0.0.1:8080", "/v1/messages"));
+        assert_eq!(
+            (url.https, url.authority.as_str(), url.join("/v1/messages").as_str()),
+            (false, "127.0.0.1:8080", "/v1/messages")
+        );
     }
 
     #[test]

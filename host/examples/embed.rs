@@ -19,7 +19,8 @@ async fn main() -> anyhow::Result<()> {
         max_tokens: 24,
         ..Job::default()
     };
-    let options = RunOptions { fresh: true, ..RunOptions::new("examples/questions.jsonl", "target/embed-answers.jsonl", job) };
+    let options =
+        RunOptions { fresh: true, ..RunOptions::new("examples/questions.jsonl", "target/embed-answers.jsonl", job) };
     let summary = run(&options).await?;
     println!("{summary}");
     for line in std::fs::read_to_string(&options.output)?.lines().take(3) {

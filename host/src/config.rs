@@ -251,7 +251,10 @@ pub struct ApiKeys {
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let shown = |key: &Option<String>| if key.is_some() { "<set>" } else { "<unset>" };
-        f.debug_struct("ApiKeys").field("openai", &shown(&self.openai)).field("anthropic", &shown(&self.anthropic)).finish()
+        f.debug_struct("ApiKeys")
+            .field("openai", &shown(&self.openai))
+            .field("anthropic", &shown(&self.anthropic))
+            .finish()
     }
 }
 

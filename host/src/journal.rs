@@ -158,7 +158,8 @@ impl Journal {
             std::fs::TryLockError::WouldBlock => JournalError::Locked { path: shown.clone() },
             std::fs::TryLockError::Error(source) => io(source),
         })?;
-        let mut journal = Journal { path: path.to_path_buf(), file, index: HashMap::new(), end: 0, recovery: Recovery::default() };
+        let mut journal =
+            Journal { path: path.to_path_buf(), file, index: HashMap::new(), end: 0, recovery: Recovery::default() };
         let length = journal.file.metadata().map_err(io)?.len();
         if fresh || length == 0 {
             journal.file.set_len(0).map_err(io)?;

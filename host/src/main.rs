@@ -178,17 +178,24 @@ async fn dispatch(command: Command, matches: &ArgMatches) -> anyhow::Result<Exit
             Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Component { out } => {
-            std::fs::write(&out, batchgen::plugin::EMBEDDED_COMPONENT).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, batchgen::plugin::EMBEDDED_COMPONENT)
+                .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("batchgen: wrote {} ({} bytes)", out.display(), batchgen::plugin::EMBEDDED_COMPONENT.len());
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(args) => {
-            let plugin = run::load_plugin(args.component.as_deref(), cache::default_dir().as_deref(), Limits::default())
-                .context("loading the component")?;
+            let plugin =
+                run::load_plugin(args.component.as_deref(), cache::default_dir().as_deref(), Limits::default())
+                    .context("loading the component")?;
             println!("{:<20} {:<10} {:<28} note", "label", "provider", "model id");
             for model in run::list_models(&plugin).await? {
                 let provider = format!("{}", model.provider);
-                println!("{:<20} {provider:<10} {:<28} {}", model.label, model.model_id, model.note.unwrap_or_default());
+                println!(
+                    "{:<20} {provider:<10} {:<28} {}",
+                    model.label,
+                    model.model_id,
+                    model.note.unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

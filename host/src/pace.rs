@@ -300,7 +300,13 @@ mod tests {
 
     #[test]
     fn pauses_only_when_remaining_is_zero() {
-        assert_eq!(exhausted_until_reset(&headers(&[("x-ratelimit-remaining-requests", "3"), ("x-ratelimit-reset-requests", "1s")])), None);
+        assert_eq!(
+            exhausted_until_reset(&headers(&[
+                ("x-ratelimit-remaining-requests", "3"),
+                ("x-ratelimit-reset-requests", "1s")
+            ])),
+            None
+        );
         assert_eq!(
             exhausted_until_reset(&headers(&[
                 ("x-ratelimit-remaining-requests", "0"),
@@ -362,7 +368,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rpm_ceiling_spaces_starts_evenly() {
-        let pacer = Pacer::new(PaceSettings { max_concurrency: 100, max_requests_per_minute: Some(600), ..PaceSettings::default() });
+        let pacer = Pacer::new(PaceSettings {
+            max_concurrency: 100,
+            max_requests_per_minute: Some(600),
+            ..PaceSettings::default()
+        });
         let start = Instant::now();
         for _ in 0..5 {
             drop(pacer.admit(0).await);
@@ -373,7 +383,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tpm_ceiling_waits_for_the_bucket_to_refill() {
-        let pacer = Pacer::new(PaceSettings { max_concurrency: 100, max_tokens_per_minute: Some(6000), ..PaceSettings::default() });
+        let pacer = Pacer::new(PaceSettings {
+            max_concurrency: 100,
+            max_tokens_per_minute: Some(6000),
+            ..PaceSettings::default()
+        });
         let start = Instant::now();
         drop(pacer.admit(6000).await); // the full bucket
         drop(pacer.admit(600).await); // 600 tokens refill in 6 s
@@ -385,7 +399,11 @@ mod tests {
     async fn exhausted_headers_pause_every_request_until_reset() {
         let pacer = Pacer::new(PaceSettings { max_concurrency: 8, ..PaceSettings::default() });
         let start = Instant::now();
-        pacer.observe(200, &headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "2s")]), start);
+        pacer.observe(
+            200,
+            &headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "2s")]),
+            start,
+        );
         drop(pacer.admit(0).await);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         assert_eq!(pacer.stats().header_pauses, 1);

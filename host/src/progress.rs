@@ -42,8 +42,7 @@ impl StderrProgress {
         let bar = (!quiet && terminal).then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} rows  ETA {eta}  {msg}")
-                    .expect("a valid template"),
+                ProgressStyle::with_template("{bar:30} {pos}/{len} rows  ETA {eta}  {msg}").expect("a valid template"),
             );
             bar
         });
@@ -65,7 +64,12 @@ impl Progress for StderrProgress {
 
     fn advanced(&self, so_far: &Summary) {
         let rate = so_far.rows as f64 / so_far.elapsed.as_secs_f64().max(1e-9);
-        let note = format!("{rate:.1} rows/s, {} failed, {} retries, {} reused", so_far.failed, so_far.retries(), so_far.reused);
+        let note = format!(
+            "{rate:.1} rows/s, {} failed, {} retries, {} reused",
+            so_far.failed,
+            so_far.retries(),
+            so_far.reused
+        );
         if let Some(bar) = &self.bar {
             bar.set_position(so_far.rows);
             bar.set_message(note);

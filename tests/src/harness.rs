@@ -14,9 +14,8 @@ pub fn target_dir() -> PathBuf {
 /// The binary under test: `BATCHGEN_BIN`, else the debug build that
 /// `cargo xtask test` makes before running the suite.
 pub fn batchgen_bin() -> PathBuf {
-    let path = std::env::var_os("BATCHGEN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("debug/batchgen"));
+    let path =
+        std::env::var_os("BATCHGEN_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug/batchgen"));
     assert!(
         path.exists(),
         "{} does not exist: run the suite with `cargo xtask test` (or `cargo build -p batchgen` first)",

@@ -143,10 +143,7 @@ impl RecordedRequest {
             .headers
             .iter()
             .map(|(name, value)| {
-                (
-                    name.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
+                (name.as_str().to_ascii_lowercase(), String::from_utf8_lossy(value.as_bytes()).into_owned())
             })
             .collect();
         RecordedRequest {
@@ -162,10 +159,7 @@ impl RecordedRequest {
     /// The first value of header `name`, matched case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     /// The text of the last user message, in either wire format (string
@@ -177,10 +171,7 @@ impl RecordedRequest {
     /// What identifies "the same row" for directive counters and fault
     /// draws: the prompt, or the raw body when there is no prompt.
     fn row_key(&self) -> (String, String) {
-        (
-            self.path.clone(),
-            self.prompt().unwrap_or_else(|| self.raw_body.clone()),
-        )
+        (self.path.clone(), self.prompt().unwrap_or_else(|| self.raw_body.clone()))
     }
 }
 
@@ -195,9 +186,7 @@ impl ProviderServer {
     /// thread of its own.
     pub fn start_with(options: ServerOptions) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("make the listener non-blocking");
+        listener.set_nonblocking(true).expect("make the listener non-blocking");
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared {
             options,
@@ -215,12 +204,7 @@ impl ProviderServer {
                 move || run(listener, shared, stopped)
             })
             .expect("spawn the provider server thread");
-        ProviderServer {
-            addr,
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        ProviderServer { addr, shared, stop: Some(stop), thread: Some(thread) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -288,9 +272,7 @@ struct Log {
 impl Shared {
     fn log(&self) -> MutexGuard<'_, Log> {
         // A panicking test thread must not take every later assertion down.
-        self.log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records `request` and returns which attempt (1-based) it is for its
@@ -306,9 +288,7 @@ impl Shared {
 
     async fn hold(&self) {
         let mut released = self.released.subscribe();
-        let timed_out = tokio::time::timeout(HOLD_LIMIT, released.wait_for(|open| *open))
-            .await
-            .is_err();
+        let timed_out = tokio::time::timeout(HOLD_LIMIT, released.wait_for(|open| *open)).await.is_err();
         if timed_out {
             self.released.send_replace(true);
         }
@@ -323,11 +303,7 @@ impl<'a> InFlight<'a> {
     fn enter(shared: &'a Shared) -> Self {
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        if shared
-            .options
-            .hold_until_in_flight
-            .is_some_and(|n| now >= n)
-        {
+        if shared.options.hold_until_in_flight.is_some_and(|n| now >= n) {
             shared.released.send_replace(true);
         }
         InFlight(shared, now)
@@ -343,10 +319,8 @@ impl Drop for InFlight<'_> {
 /// The server thread: a single-threaded runtime is plenty for a stand-in
 /// whose work per request is building a small JSON body.
 fn run(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build the provider server runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build the provider server runtime");
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).expect("register the listener");
         loop {
@@ -362,9 +336,7 @@ fn run(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: oneshot::
             tokio::spawn(async move {
                 let service = service_fn(move |request| serve(shared.clone(), request));
                 // Errors are clients going away, or injected resets.
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -399,7 +371,8 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
     match decide(&shared.options, &request, attempt, over_limit) {
         Answer::Reply(mut reply) => {
             if let Some((n, reset)) = shared.options.exhaust_every {
-                let generated = reply.status == 200 && request.method == "POST" && request.path == "/v1/chat/completions";
+                let generated =
+                    reply.status == 200 && request.method == "POST" && request.path == "/v1/chat/completions";
                 if generated && (shared.successes.fetch_add(1, Ordering::SeqCst) + 1) % n as usize == 0 {
                     reply.exhaust_requests(reset);
                 }
@@ -408,10 +381,7 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
         }
         Answer::Truncated(reply) => Ok(response(reply, true)),
         // An error from the service makes hyper drop the connection unanswered.
-        Answer::Reset => Err(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "injected reset",
-        )),
+        Answer::Reset => Err(io::Error::new(io::ErrorKind::ConnectionReset, "injected reset")),
         Answer::Hang => std::future::pending().await,
     }
 }
@@ -421,20 +391,11 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
 fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over_limit: bool) -> Answer {
     let (path, row) = request.row_key();
     let seed = faults::fnv1a(&format!("{path}\n{row}")) ^ u64::from(attempt);
-    let id = format!(
-        "{:016x}{:08x}",
-        faults::splitmix64(seed),
-        faults::splitmix64(!seed) >> 32
-    );
+    let id = format!("{:016x}{:08x}", faults::splitmix64(seed), faults::splitmix64(!seed) >> 32);
     let request_id = format!("req_{id}");
 
-    let anthropic_headers =
-        request.header("anthropic-version").is_some() || request.header("x-api-key").is_some();
-    let by_headers = if anthropic_headers {
-        Api::Anthropic
-    } else {
-        Api::OpenAi
-    };
+    let anthropic_headers = request.header("anthropic-version").is_some() || request.header("x-api-key").is_some();
+    let by_headers = if anthropic_headers { Api::Anthropic } else { Api::OpenAi };
     let (api, generates) = match (request.method.as_str(), path.as_str()) {
         ("POST", "/v1/chat/completions") => (Api::OpenAi, true),
         ("POST", "/v1/messages") => (Api::Anthropic, true),
@@ -448,9 +409,7 @@ fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over
 
     if let Some(expected) = &options.api_key {
         let sent = match api {
-            Api::OpenAi => request
-                .header("authorization")
-                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v)),
+            Api::OpenAi => request.header("authorization").map(|v| v.strip_prefix("Bearer ").unwrap_or(v)),
             Api::Anthropic => request.header("x-api-key"),
         };
         if sent != Some(expected.as_str()) {
@@ -458,11 +417,7 @@ fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over
         }
     }
     if api == Api::Anthropic && request.header("anthropic-version").is_none() {
-        return fail(ApiError::new(
-            400,
-            "invalid_request_error",
-            "anthropic-version: header is required",
-        ));
+        return fail(ApiError::new(400, "invalid_request_error", "anthropic-version: header is required"));
     }
     if !generates {
         return Answer::Reply(wire::models(api, &id));
@@ -486,9 +441,7 @@ fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over
         Some(Fault::Malformed) => {
             let mut reply = success();
             // Half a JSON object is never JSON.
-            reply
-                .body
-                .truncate(reply.body.floor_char_boundary(reply.body.len() / 2));
+            reply.body.truncate(reply.body.floor_char_boundary(reply.body.len() / 2));
             Answer::Reply(reply)
         }
     }
@@ -502,17 +455,9 @@ fn response(reply: Reply, truncated: bool) -> Response<ReplyBody> {
     let body = Bytes::from(reply.body);
     let body = if truncated {
         builder = builder.header("content-length", body.len());
-        ReplyBody {
-            data: Some(body.slice(..body.len() / 2)),
-            break_off: true,
-            flushed: false,
-        }
+        ReplyBody { data: Some(body.slice(..body.len() / 2)), break_off: true, flushed: false }
     } else {
-        ReplyBody {
-            data: Some(body),
-            break_off: false,
-            flushed: false,
-        }
+        ReplyBody { data: Some(body), break_off: false, flushed: false }
     };
     builder.body(body).expect("a well-formed response")
 }
@@ -535,10 +480,7 @@ impl Body for ReplyBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let this = self.get_mut();
         if let Some(data) = this.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -551,10 +493,7 @@ impl Body for ReplyBody {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        Poll::Ready(Some(Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "injected truncation",
-        ))))
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "injected truncation"))))
     }
 
     fn is_end_stream(&self) -> bool {

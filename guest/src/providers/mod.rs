@@ -47,7 +47,10 @@ pub struct Completion {
 pub enum Verdict {
     Done(Result<Completion, RowError>),
     /// Worth another attempt; `after_ns` is the provider's requested wait.
-    Retry { error: RowError, after_ns: Option<u64> },
+    Retry {
+        error: RowError,
+        after_ns: Option<u64>,
+    },
 }
 
 pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
@@ -78,7 +81,9 @@ pub fn models_request(remote: &Remote) -> HttpRequest {
     let (path, mut headers) = match remote.kind {
         Provider::Openai => ("/models", Vec::new()),
         // Anthropic pages the list; one page of the maximum size holds it.
-        Provider::Anthropic => ("/v1/models?limit=1000", vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())]),
+        Provider::Anthropic => {
+            ("/v1/models?limit=1000", vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())])
+        }
         Provider::Local => unreachable!("the local model is not reached over HTTP"),
     };
     headers.push(("accept".to_string(), b"application/json".to_vec()));
@@ -102,10 +107,14 @@ pub fn lists_model(body: &[u8], model_id: &str) -> Result<bool, String> {
     let data = value["data"].as_array().ok_or_else(|| format!("the model list has no data: {}", summary(body)))?;
     let dated = |rest: &str| {
         rest.strip_prefix('-').is_some_and(|date| {
-            date.chars().all(|c| c.is_ascii_digit() || c == '-') && date.chars().filter(char::is_ascii_digit).count() == 8
+            date.chars().all(|c| c.is_ascii_digit() || c == '-')
+                && date.chars().filter(char::is_ascii_digit).count() == 8
         })
     };
-    Ok(data.iter().filter_map(|m| m["id"].as_str()).any(|id| id == model_id || id.strip_prefix(model_id).is_some_and(dated)))
+    Ok(data
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .any(|id| id == model_id || id.strip_prefix(model_id).is_some_and(dated)))
 }
 
 pub fn interpret(plan: &Plan, kind: Provider, reply: &HttpReply) -> Verdict {
@@ -166,10 +175,9 @@ fn classify_error(plan: &Plan, reply: &HttpReply) -> Verdict {
             with_status(&message),
             plan.model.not_found_hint(&plan.model_id)
         ))),
-        429 if is_quota(&kind, &code, &message) => done(RowError::RateLimited(format!(
-            "{} (a quota or spend limit: not retried)",
-            with_status(&message)
-        ))),
+        429 if is_quota(&kind, &code, &message) => {
+            done(RowError::RateLimited(format!("{} (a quota or spend limit: not retried)", with_status(&message))))
+        }
         429 => retry(RowError::RateLimited(with_status(&message))),
         408 | 409 | 500..=599 => retry(RowError::Provider(ProviderError { status, kind, message })),
         _ => done(RowError::Provider(ProviderError { status, kind, message })),
@@ -213,7 +221,10 @@ mod tests {
 
     #[test]
     fn retry_after_prefers_milliseconds() {
-        assert_eq!(retry_after_ns(&reply(429, &[("retry-after-ms", "250"), ("retry-after", "1")], "")), Some(250_000_000));
+        assert_eq!(
+            retry_after_ns(&reply(429, &[("retry-after-ms", "250"), ("retry-after", "1")], "")),
+            Some(250_000_000)
+        );
         assert_eq!(retry_after_ns(&reply(429, &[("Retry-After", "2")], "")), Some(2_000_000_000));
         assert_eq!(retry_after_ns(&reply(429, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "")), None);
     }

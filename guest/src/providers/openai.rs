@@ -3,7 +3,7 @@
 use super::Completion;
 use crate::config::Plan;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 /// Reasoning models (o-series, gpt-5) reject `max_tokens` and take
 /// `max_completion_tokens` instead.
@@ -74,12 +74,7 @@ pub fn completion(body: &[u8]) -> Result<Completion, String> {
         (None, Some(refusal)) => (refusal, "refusal".to_string()),
         (None, None) => return Err("OpenAI reply has neither content nor refusal".to_string()),
     };
-    Ok(Completion {
-        text,
-        finish_reason,
-        input_tokens: usage.prompt_tokens,
-        output_tokens: usage.completion_tokens,
-    })
+    Ok(Completion { text, finish_reason, input_tokens: usage.prompt_tokens, output_tokens: usage.completion_tokens })
 }
 
 #[cfg(test)]

@@ -25,10 +25,9 @@ impl LocalModel {
     /// With no local model configured, every request fails.
     pub async fn generate(&self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
         match self {
-            LocalModel::Unavailable => requests
-                .iter()
-                .map(|_| Err(RowError::InvalidRequest("no local model is configured".into())))
-                .collect(),
+            LocalModel::Unavailable => {
+                requests.iter().map(|_| Err(RowError::InvalidRequest("no local model is configured".into()))).collect()
+            }
             LocalModel::Server(server) => server.generate(requests).await,
             LocalModel::Embedded(model) => {
                 let model = Arc::clone(model);

@@ -2,8 +2,8 @@
 //! sent at once, and the server's own batching (vLLM's and llama.cpp's
 //! continuous batching) does the rest.
 
-use crate::outbound::{HttpClient, full_body};
 use crate::bindings::{LocalCompletion, LocalRequest, ProviderError, RowError};
+use crate::outbound::{HttpClient, full_body};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;

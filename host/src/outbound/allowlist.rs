@@ -82,7 +82,8 @@ impl Destination {
 }
 
 fn credential(name: HeaderName, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let mut value = HeaderValue::from_str(value).map_err(|_| format!("the API key for {name} contains characters a header cannot carry"))?;
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| format!("the API key for {name} contains characters a header cannot carry"))?;
     value.set_sensitive(true);
     Ok((name, value))
 }
@@ -143,7 +144,10 @@ mod tests {
         assert_ne!(a, Origin::parse("http://api.openai.com/v1").unwrap());
         assert_ne!(a, Origin::parse("https://api.openai.com:8443/v1").unwrap());
         assert!(Origin::parse("ftp://x").is_err());
-        assert_eq!(Origin::of_uri(&"http://127.0.0.1:9000/v1/messages".parse().unwrap()), Some(Origin::parse("http://127.0.0.1:9000").unwrap()));
+        assert_eq!(
+            Origin::of_uri(&"http://127.0.0.1:9000/v1/messages".parse().unwrap()),
+            Some(Origin::parse("http://127.0.0.1:9000").unwrap())
+        );
     }
 
     fn request(uri: &str, headers: &[(&str, &str)]) -> http::Request<()> {
@@ -161,7 +165,10 @@ mod tests {
 
     #[test]
     fn a_configured_origin_is_granted_with_its_key_and_no_other() {
-        let mut granted = request("https://API.OpenAI.com:443/v1/chat/completions", &[("authorization", "Bearer stolen"), ("x-api-key", "stolen")]);
+        let mut granted = request(
+            "https://API.OpenAI.com:443/v1/chat/completions",
+            &[("authorization", "Bearer stolen"), ("x-api-key", "stolen")],
+        );
         openai().authorize(&mut granted).unwrap();
         assert_eq!(granted.headers()["authorization"], "Bearer sk-host");
         assert!(granted.headers()["authorization"].is_sensitive());

@@ -23,9 +23,7 @@ pub fn http_client() -> HttpClient {
         .enable_http1()
         .enable_http2()
         .build();
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
 }
 
 /// Maps a pooled-client failure to the `wasi:http` error the guest sees.
@@ -54,7 +52,6 @@ pub(super) fn client_error(error: hyper_util::client::legacy::Error) -> HttpErro
 pub fn full_body(bytes: impl Into<Bytes>) -> WasiBody {
     http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
-
 
 /// A client for downloads the host makes for itself (the default model):
 /// it trusts the system's roots as well as the webpki ones, so that it

@@ -20,7 +20,9 @@ use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
+};
 
 /// Used when nobody sets a timeout: the official SDKs' ten minutes.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -71,9 +73,7 @@ impl Outbound {
 
 impl WasiHttpHooks for Outbound {
     fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
-        Arc::new(|name| {
-            DEFAULT_FORBIDDEN_HEADERS.contains(name) || CREDENTIAL_HEADERS.contains(&name.as_str())
-        })
+        Arc::new(|name| DEFAULT_FORBIDDEN_HEADERS.contains(name) || CREDENTIAL_HEADERS.contains(&name.as_str()))
     }
 
     fn send_request(
@@ -82,8 +82,12 @@ impl WasiHttpHooks for Outbound {
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
-        dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>>
-            + Send,
+        dyn Future<
+                Output = Result<
+                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                    HttpError,
+                >,
+            > + Send,
     > {
         drop(fut);
         let decision = self.allowlist.authorize(&mut request).map_err(|denied| match denied {
@@ -184,4 +188,3 @@ async fn estimate_tokens(request: http::Request<WasiBody>) -> Result<(http::Requ
     let tokens = (bytes.len() as u64 / 4).saturating_add(max_tokens);
     Ok((http::Request::from_parts(parts, full_body(bytes)), u32::try_from(tokens).unwrap_or(u32::MAX)))
 }
-

@@ -7,12 +7,12 @@
 pub mod cache;
 pub mod sandbox;
 
+use crate::bindings::{
+    BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo,
+    RequestPreview, RowError,
+};
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
-use crate::bindings::{
-    BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo, RequestPreview,
-    RowError,
-};
 use sandbox::{EpochTicker, GuestLog, Limits};
 use std::future::Future;
 use std::path::Path;
@@ -88,8 +88,10 @@ impl Plugin {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(PluginError::Link)?;
         crate::bindings::batchgen::plugin::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
             .map_err(PluginError::Link)?;
-        crate::bindings::batchgen::plugin::local_model::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
-            .map_err(PluginError::Link)?;
+        crate::bindings::batchgen::plugin::local_model::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| {
+            state
+        })
+        .map_err(PluginError::Link)?;
         let pre = linker.instantiate_pre(&component).map_err(PluginError::Link)?;
         let pre = BatchPluginPre::new(pre).map_err(PluginError::Link)?;
         let ticker = EpochTicker::start(&engine);
@@ -98,10 +100,10 @@ impl Plugin {
 
     /// Reads a component file, e.g. from `--component`.
     pub fn from_file(path: &Path, cache_dir: Option<&Path>, limits: Limits) -> Result<Plugin, PluginError> {
-        let wasm = std::fs::read(path).map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
+        let wasm =
+            std::fs::read(path).map_err(|source| PluginError::Read { path: path.display().to_string(), source })?;
         Plugin::new(&wasm, cache_dir, limits)
     }
-
 
     /// A fresh instance for one run: its HTTP requests go through
     /// `outbound`, and `local` serves its `local-model` import.
@@ -193,7 +195,11 @@ impl Session {
 
     /// The request `generate_batch` would send for `input` under `config`,
     /// without credentials; `Ok(None)` for the local model. Sends nothing.
-    pub async fn preview_request(&mut self, config: &Config, input: &str) -> Result<Result<Option<RequestPreview>, String>, PluginError> {
+    pub async fn preview_request(
+        &mut self,
+        config: &Config,
+        input: &str,
+    ) -> Result<Result<Option<RequestPreview>, String>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
         within(self.call_timeout, exports.call_preview_request(&mut self.store, config, input)).await
@@ -218,7 +224,11 @@ impl Session {
 
     /// Generates for `inputs`; a component that answers with the wrong number
     /// of results is an error, never a misaligned output.
-    pub async fn generate_batch(&mut self, config: &Config, inputs: &[String]) -> Result<Vec<Result<Generation, RowError>>, PluginError> {
+    pub async fn generate_batch(
+        &mut self,
+        config: &Config,
+        inputs: &[String],
+    ) -> Result<Vec<Result<Generation, RowError>>, PluginError> {
         self.refuel()?;
         self.rows += inputs.len() as u64;
         let exports = self.instance.batchgen_plugin_batch_generator();

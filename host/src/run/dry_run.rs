@@ -41,7 +41,11 @@ impl fmt::Display for DryRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let model = &self.model;
         let id = if model.model_id.is_empty() { String::new() } else { format!(", {}", model.model_id) };
-        writeln!(f, "dry run: {} rows would be generated with {} ({}{id}); nothing was sent", self.rows, model.label, model.provider)?;
+        writeln!(
+            f,
+            "dry run: {} rows would be generated with {} ({}{id}); nothing was sent",
+            self.rows, model.label, model.provider
+        )?;
         let Some(request) = &self.request else {
             return writeln!(f, "rows go to the local model; no HTTP request is made");
         };
@@ -52,7 +56,8 @@ impl fmt::Display for DryRun {
         if let Some(name) = &self.credential_header {
             writeln!(f, "{name}: <redacted: added by the host>")?;
         }
-        let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_else(|_| request.body.clone().into());
+        let body: serde_json::Value =
+            serde_json::from_str(&request.body).unwrap_or_else(|_| request.body.clone().into());
         writeln!(f, "\n{}", serde_json::to_string_pretty(&body).unwrap_or_default())
     }
 }

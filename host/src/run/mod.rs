@@ -179,4 +179,3 @@ pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) ->
     progress.finished(&summary);
     Ok(summary)
 }
-

@@ -42,10 +42,7 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     // The component accepted the config, so it should know the model; one
     // that does not is a broken component, not a reason to panic.
     let generation_model = &options.job.generation_model;
-    let model = probe
-        .find_model(generation_model)
-        .await?
-        .ok_or_else(|| RunError::NoModel(generation_model.clone()))?;
+    let model = probe.find_model(generation_model).await?.ok_or_else(|| RunError::NoModel(generation_model.clone()))?;
     let client = outbound::http_client();
     let (destinations, local) = connections(options, &model, &client)?;
     let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
@@ -77,8 +74,8 @@ fn connections(
         Provider::Local => return Ok((Vec::new(), local_model(options, client)?)),
     };
     let key = key.as_deref().ok_or_else(|| RunError::MissingKey { variable, model: model.label.clone() })?;
-    let destination =
-        credential(endpoint(base_name, base)?, Some(key)).map_err(|message| RunError::InvalidKey { variable, message })?;
+    let destination = credential(endpoint(base_name, base)?, Some(key))
+        .map_err(|message| RunError::InvalidKey { variable, message })?;
     Ok((vec![destination], LocalModel::Unavailable))
 }
 

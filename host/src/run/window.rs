@@ -193,9 +193,7 @@ impl Window {
                 batch.missing.iter().map(|_| Err(message.clone())).collect()
             }
         };
-        let Some(batch) = self.pending.get_mut(&seq) else {
-            unreachable!("every task belongs to a pending batch")
-        };
+        let Some(batch) = self.pending.get_mut(&seq) else { unreachable!("every task belongs to a pending batch") };
         let saved: Vec<(WorkKey, Saved)> = batch
             .missing
             .iter()

@@ -21,7 +21,8 @@ async fn main() {
     let cold_ms = millis(started);
     drop(cold);
     let started = Instant::now();
-    let plugin = Plugin::new(EMBEDDED_COMPONENT, Some(cache.path()), Limits::default()).expect("the cached component loads");
+    let plugin =
+        Plugin::new(EMBEDDED_COMPONENT, Some(cache.path()), Limits::default()).expect("the cached component loads");
     let warm_ms = millis(started);
 
     const INSTANCES: u32 = 500;

@@ -101,5 +101,8 @@ fn main() {
 /// resident memory.
 fn memory(field: &str) -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map_or("unknown".into(), |value| value.trim().to_string())
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map_or("unknown".into(), |value| value.trim().to_string())
 }

@@ -27,7 +27,11 @@ fn main() {
         let prompts: Vec<String> = (start..end).map(|i| format!("Write one sentence about the number {i}.")).collect();
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(topics)), Arc::new(StringArray::from(prompts))],
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(topics)),
+                Arc::new(StringArray::from(prompts)),
+            ],
         )
         .expect("columns match the schema");
         writer.write(&batch).expect("write a batch");

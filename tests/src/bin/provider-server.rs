@@ -20,7 +20,8 @@ fn main() {
     }
     let server = ProviderServer::start_with(options);
     // One write; a reader that stops after the first line must not kill us.
-    let urls = format!("OPENAI_BASE_URL={}\nANTHROPIC_BASE_URL={}\n", server.openai_base_url(), server.anthropic_base_url());
+    let urls =
+        format!("OPENAI_BASE_URL={}\nANTHROPIC_BASE_URL={}\n", server.openai_base_url(), server.anthropic_base_url());
     let _ = std::io::Write::write_all(&mut std::io::stdout(), urls.as_bytes());
     let _ = std::io::Write::flush(&mut std::io::stdout());
     loop {

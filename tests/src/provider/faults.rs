@@ -94,9 +94,7 @@ pub(super) fn splitmix64(x: u64) -> u64 {
 /// FNV-1a, a string hash that (unlike `std`'s) is fixed forever, so seeds
 /// keep meaning the same faults across toolchains.
 pub(super) fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3)
-    })
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3))
 }
 
 #[cfg(test)]
@@ -119,30 +117,13 @@ mod tests {
 
     #[test]
     fn the_plan_is_deterministic_and_roughly_honours_its_rates() {
-        let plan = FaultPlan {
-            seed: 7,
-            rate_429: 0.25,
-            rate_reset: 0.25,
-            ..FaultPlan::default()
-        };
-        let draws: Vec<_> = (0..2000)
-            .map(|i| plan.draw(&format!("row {i}"), 1))
-            .collect();
-        let again: Vec<_> = (0..2000)
-            .map(|i| plan.draw(&format!("row {i}"), 1))
-            .collect();
+        let plan = FaultPlan { seed: 7, rate_429: 0.25, rate_reset: 0.25, ..FaultPlan::default() };
+        let draws: Vec<_> = (0..2000).map(|i| plan.draw(&format!("row {i}"), 1)).collect();
+        let again: Vec<_> = (0..2000).map(|i| plan.draw(&format!("row {i}"), 1)).collect();
         assert_eq!(draws, again);
         let count = |f| draws.iter().filter(|d| **d == Some(f)).count();
-        assert!(
-            (400..600).contains(&count(Fault::Status(429))),
-            "{}",
-            count(Fault::Status(429))
-        );
-        assert!(
-            (400..600).contains(&count(Fault::Reset)),
-            "{}",
-            count(Fault::Reset)
-        );
+        assert!((400..600).contains(&count(Fault::Status(429))), "{}", count(Fault::Status(429)));
+        assert!((400..600).contains(&count(Fault::Reset)), "{}", count(Fault::Reset));
         assert_eq!(FaultPlan::default().draw("row", 1), None);
     }
 }

@@ -15,10 +15,7 @@ struct Raw {
 
 impl Raw {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     fn json(&self) -> Value {
@@ -28,19 +25,11 @@ impl Raw {
 
 /// Sends one request on a fresh connection and reads until the server
 /// closes it. `Err` when the server closed without answering.
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> io::Result<Raw> {
+fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> io::Result<Raw> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (name, value) in headers {
         request += &format!("{name}: {value}\r\n");
     }
@@ -50,52 +39,27 @@ fn send(
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;
     let text = String::from_utf8(bytes).expect("utf-8 response");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or(io::ErrorKind::UnexpectedEof)?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(io::ErrorKind::UnexpectedEof)?;
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Ok(Raw {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
+    Ok(Raw { status, headers, body: body.to_owned() })
 }
 
 fn openai(server: &ProviderServer, key: Option<&str>, body: Value) -> io::Result<Raw> {
     let auth = key.map(|k| format!("Bearer {k}"));
     let mut headers = vec![("content-type", "application/json")];
     headers.extend(auth.as_deref().map(|a| ("authorization", a)));
-    send(
-        server.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &headers,
-        &body.to_string(),
-    )
+    send(server.addr(), "POST", "/v1/chat/completions", &headers, &body.to_string())
 }
 
 fn anthropic(server: &ProviderServer, key: Option<&str>, body: Value) -> io::Result<Raw> {
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("anthropic-version", "2023-06-01"),
-    ];
+    let mut headers = vec![("content-type", "application/json"), ("anthropic-version", "2023-06-01")];
     headers.extend(key.map(|k| ("x-api-key", k)));
-    send(
-        server.addr(),
-        "POST",
-        "/v1/messages",
-        &headers,
-        &body.to_string(),
-    )
+    send(server.addr(), "POST", "/v1/messages", &headers, &body.to_string())
 }
 
 fn chat(prompt: &str) -> Value {
@@ -146,9 +110,13 @@ fn openai_success_has_the_real_shape() {
     assert_eq!(recorded[0].prompt().as_deref(), Some("hello  world"));
 
     // The same request is answered the same way, and `max_tokens` cuts.
-    let cut = openai(&server, None, json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": "a b c" }], "max_completion_tokens": 2 }))
-        .unwrap()
-        .json();
+    let cut = openai(
+        &server,
+        None,
+        json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": "a b c" }], "max_completion_tokens": 2 }),
+    )
+    .unwrap()
+    .json();
     expected = json!({ "role": "assistant", "content": "echo: a", "refusal": null });
     assert_eq!(cut["choices"][0]["message"], expected);
     assert_eq!(cut["choices"][0]["finish_reason"], "length");
@@ -174,10 +142,7 @@ fn anthropic_success_has_the_real_shape() {
     });
     assert_eq!(json, expected);
     assert!(reply.header("request-id").unwrap().starts_with("req_"));
-    assert_eq!(
-        reply.header("anthropic-ratelimit-requests-remaining"),
-        Some("3999")
-    );
+    assert_eq!(reply.header("anthropic-ratelimit-requests-remaining"), Some("3999"));
 
     let json = anthropic(&server, None, message("hi")).unwrap().json();
     assert_eq!(json["content"][0]["text"], "echo: hi");
@@ -205,10 +170,7 @@ fn error_bodies_are_the_providers() {
     assert_eq!(reply.json(), expected);
 
     let reply = openai(&server, None, chat("#status=529")).unwrap();
-    assert_eq!(
-        (reply.status, reply.json()["error"]["type"].as_str()),
-        (503, Some("server_error"))
-    );
+    assert_eq!((reply.status, reply.json()["error"]["type"].as_str()), (503, Some("server_error")));
 
     let mut body = message("hi");
     body["model"] = json!("claude-3-5-sonnet-20241022");
@@ -219,33 +181,17 @@ fn error_bodies_are_the_providers() {
         json!({ "type": "not_found_error", "message": "model: claude-3-5-sonnet-20241022" })
     );
 
-    let reply = send(
-        server.addr(),
-        "POST",
-        "/v1/messages",
-        &[],
-        &message("hi").to_string(),
-    )
-    .unwrap();
+    let reply = send(server.addr(), "POST", "/v1/messages", &[], &message("hi").to_string()).unwrap();
     assert_eq!(reply.status, 400);
-    assert_eq!(
-        reply.json()["error"]["message"],
-        "anthropic-version: header is required"
-    );
+    assert_eq!(reply.json()["error"]["message"], "anthropic-version: header is required");
 
     let mut body = message("hi");
     body.as_object_mut().unwrap().remove("max_tokens");
     let reply = anthropic(&server, None, body).unwrap();
-    assert_eq!(
-        (reply.status, reply.json()["error"]["message"].as_str()),
-        (400, Some("max_tokens: Field required"))
-    );
+    assert_eq!((reply.status, reply.json()["error"]["message"].as_str()), (400, Some("max_tokens: Field required")));
 
     let reply = send(server.addr(), "GET", "/v2/nothing", &[], "").unwrap();
-    assert_eq!(
-        (reply.status, reply.json()["error"]["type"].as_str()),
-        (404, Some("invalid_request_error"))
-    );
+    assert_eq!((reply.status, reply.json()["error"]["type"].as_str()), (404, Some("invalid_request_error")));
     assert_eq!(server.requests().len(), 7, "errors are recorded too");
 }
 
@@ -257,80 +203,38 @@ fn fail_directive_fails_the_first_attempts_only() {
     assert_eq!(first.json()["error"]["type"], "server_error");
     let second = openai(&server, None, chat("row 1 #fail=1:500")).unwrap();
     assert_eq!(second.status, 200);
-    assert_eq!(
-        second.json()["choices"][0]["message"]["content"],
-        "echo: row 1 #fail=1:500"
-    );
+    assert_eq!(second.json()["choices"][0]["message"]["content"], "echo: row 1 #fail=1:500");
     // Counters are per prompt and per path.
-    assert_eq!(
-        anthropic(&server, None, message("row 1 #fail=1:500"))
-            .unwrap()
-            .status,
-        500
-    );
-    let prompts: Vec<_> = server
-        .requests()
-        .iter()
-        .map(|r| r.prompt().unwrap())
-        .collect();
+    assert_eq!(anthropic(&server, None, message("row 1 #fail=1:500")).unwrap().status, 500);
+    let prompts: Vec<_> = server.requests().iter().map(|r| r.prompt().unwrap()).collect();
     assert_eq!(prompts, ["row 1 #fail=1:500"; 3]);
 }
 
 #[test]
 fn api_key_is_checked_when_set() {
-    let server = ProviderServer::start_with(ServerOptions {
-        api_key: Some("sk-test-1234".into()),
-        ..Default::default()
-    });
+    let server =
+        ProviderServer::start_with(ServerOptions { api_key: Some("sk-test-1234".into()), ..Default::default() });
     let missing = openai(&server, None, chat("hi")).unwrap();
-    assert_eq!(
-        (missing.status, missing.json()["error"]["code"].clone()),
-        (401, Value::Null)
-    );
+    assert_eq!((missing.status, missing.json()["error"]["code"].clone()), (401, Value::Null));
     let wrong = openai(&server, Some("sk-other-9999"), chat("hi")).unwrap();
-    assert_eq!(
-        (wrong.status, wrong.json()["error"]["code"].as_str()),
-        (401, Some("invalid_api_key"))
-    );
-    assert!(
-        wrong.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("9999")
-    );
-    assert_eq!(
-        openai(&server, Some("sk-test-1234"), chat("hi"))
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!((wrong.status, wrong.json()["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert!(wrong.json()["error"]["message"].as_str().unwrap().contains("9999"));
+    assert_eq!(openai(&server, Some("sk-test-1234"), chat("hi")).unwrap().status, 200);
 
     let wrong = anthropic(&server, Some("sk-test-0000"), message("hi")).unwrap();
     assert_eq!(wrong.status, 401);
-    assert_eq!(
-        wrong.json()["error"],
-        json!({ "type": "authentication_error", "message": "invalid x-api-key" })
-    );
-    assert_eq!(
-        anthropic(&server, Some("sk-test-1234"), message("hi"))
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(wrong.json()["error"], json!({ "type": "authentication_error", "message": "invalid x-api-key" }));
+    assert_eq!(anthropic(&server, Some("sk-test-1234"), message("hi")).unwrap().status, 200);
 }
 
 #[test]
 fn models_are_listed_in_each_format() {
     let server = ProviderServer::start();
-    let openai = send(server.addr(), "GET", "/v1/models", &[], "")
-        .unwrap()
-        .json();
+    let openai = send(server.addr(), "GET", "/v1/models", &[], "").unwrap().json();
     assert_eq!(openai["object"], "list");
     assert_eq!(openai["data"][0]["id"], "gpt-4o");
     let headers = [("x-api-key", "k"), ("anthropic-version", "2023-06-01")];
-    let anthropic = send(server.addr(), "GET", "/v1/models", &headers, "")
-        .unwrap()
-        .json();
+    let anthropic = send(server.addr(), "GET", "/v1/models", &headers, "").unwrap().json();
     assert_eq!(anthropic["has_more"], false);
     assert_eq!(anthropic["data"][0]["type"], "model");
     assert_eq!(anthropic["first_id"], anthropic["data"][0]["id"]);
@@ -338,20 +242,11 @@ fn models_are_listed_in_each_format() {
 
 #[test]
 fn hold_until_in_flight_answers_once_requests_overlap() {
-    let server = ProviderServer::start_with(ServerOptions {
-        hold_until_in_flight: Some(3),
-        ..Default::default()
-    });
+    let server = ProviderServer::start_with(ServerOptions { hold_until_in_flight: Some(3), ..Default::default() });
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let server = &server;
         let threads: Vec<_> = (0..3)
-            .map(|i| {
-                scope.spawn(move || {
-                    openai(server, None, chat(&format!("row {i}")))
-                        .unwrap()
-                        .status
-                })
-            })
+            .map(|i| scope.spawn(move || openai(server, None, chat(&format!("row {i}"))).unwrap().status))
             .collect();
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     });
@@ -364,28 +259,18 @@ fn hold_until_in_flight_answers_once_requests_overlap() {
 #[test]
 fn connection_faults_happen_on_the_wire() {
     let server = ProviderServer::start();
-    assert!(
-        openai(&server, None, chat("#reset=1")).is_err(),
-        "closed without a response"
-    );
+    assert!(openai(&server, None, chat("#reset=1")).is_err(), "closed without a response");
     assert_eq!(openai(&server, None, chat("#reset=1")).unwrap().status, 200);
 
     let cut = anthropic(&server, None, message("#truncate=1")).unwrap();
     assert_eq!(cut.status, 200);
     let promised: usize = cut.header("content-length").unwrap().parse().unwrap();
-    assert!(
-        !cut.body.is_empty() && cut.body.len() < promised,
-        "{} of {promised} bytes",
-        cut.body.len()
-    );
+    assert!(!cut.body.is_empty() && cut.body.len() < promised, "{} of {promised} bytes", cut.body.len());
 
     let garbled = openai(&server, None, chat("#malformed=1")).unwrap();
     assert_eq!(garbled.status, 200);
     assert!(serde_json::from_str::<Value>(&garbled.body).is_err());
-    assert_eq!(
-        openai(&server, None, chat("#malformed=1")).unwrap().json()["object"],
-        "chat.completion"
-    );
+    assert_eq!(openai(&server, None, chat("#malformed=1")).unwrap().json()["object"], "chat.completion");
 }
 
 #[test]
@@ -393,20 +278,14 @@ fn dropping_the_server_closes_hung_connections() {
     let server = ProviderServer::start();
     let mut stream = TcpStream::connect(server.addr()).unwrap();
     let body = chat("#hang=1").to_string();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    write!(stream, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        .unwrap();
     // Wait until the request has been received, so the drop hits a hung request.
     while server.requests().is_empty() {
         std::thread::yield_now();
     }
     drop(server);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "no answer, just a closed connection");
@@ -414,18 +293,8 @@ fn dropping_the_server_closes_hung_connections() {
 
 #[test]
 fn the_fault_plan_injects_faults() {
-    let faults = FaultPlan {
-        seed: 1,
-        rate_529: 1.0,
-        ..Default::default()
-    };
-    let server = ProviderServer::start_with(ServerOptions {
-        faults,
-        ..Default::default()
-    });
+    let faults = FaultPlan { seed: 1, rate_529: 1.0, ..Default::default() };
+    let server = ProviderServer::start_with(ServerOptions { faults, ..Default::default() });
     let reply = anthropic(&server, None, message("hi")).unwrap();
-    assert_eq!(
-        (reply.status, reply.json()["error"]["type"].as_str()),
-        (529, Some("overloaded_error"))
-    );
+    assert_eq!((reply.status, reply.json()["error"]["type"].as_str()), (529, Some("overloaded_error")));
 }

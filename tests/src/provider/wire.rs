@@ -25,16 +25,13 @@ pub(super) struct Reply {
 impl Reply {
     fn json(status: u16, body: &Value) -> Self {
         let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        Reply {
-            status,
-            headers,
-            body: body.to_string(),
-        }
+        Reply { status, headers, body: body.to_string() }
     }
 
     /// Marks this answer as spending the last request of the budget.
     pub(super) fn exhaust_requests(&mut self, reset: Duration) {
-        self.headers.retain(|(name, _)| name != "x-ratelimit-remaining-requests" && name != "x-ratelimit-reset-requests");
+        self.headers
+            .retain(|(name, _)| name != "x-ratelimit-remaining-requests" && name != "x-ratelimit-reset-requests");
         self.headers.push(("x-ratelimit-remaining-requests".into(), "0".into()));
         self.headers.push(("x-ratelimit-reset-requests".into(), format!("{}ms", reset.as_millis())));
     }
@@ -73,10 +70,7 @@ impl Reply {
                     ("output-tokens", 10_000_000),
                 ] {
                     self = self
-                        .with(
-                            format!("anthropic-ratelimit-{kind}-limit"),
-                            limit.to_string(),
-                        )
+                        .with(format!("anthropic-ratelimit-{kind}-limit"), limit.to_string())
                         .with(format!("anthropic-ratelimit-{kind}-remaining"), left(limit))
                         .with(format!("anthropic-ratelimit-{kind}-reset"), reset.clone());
                 }
@@ -111,15 +105,7 @@ pub(super) struct ApiError {
 impl ApiError {
     pub(super) fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
         let message = message.into();
-        ApiError {
-            status,
-            kind,
-            message,
-            param: None,
-            code: None,
-            error_code: None,
-            retry_after: false,
-        }
+        ApiError { status, kind, message, param: None, code: None, error_code: None, retry_after: false }
     }
 
     fn code(mut self, code: &'static str) -> Self {
@@ -167,10 +153,7 @@ impl ApiError {
                 _ => ApiError::new(status, "invalid_request_error", "Invalid request."),
             },
         };
-        ApiError {
-            retry_after: error.status == 429,
-            ..error
-        }
+        ApiError { retry_after: error.status == 429, ..error }
     }
 
     /// The 429 that means the account is out of money: retrying cannot help,
@@ -196,31 +179,19 @@ impl ApiError {
             ),
             (Api::OpenAi, Some(key)) => {
                 // Like OpenAI, show only the last four characters.
-                let tail = key
-                    .char_indices()
-                    .rev()
-                    .nth(3)
-                    .map_or(key, |(i, _)| &key[i..]);
+                let tail = key.char_indices().rev().nth(3).map_or(key, |(i, _)| &key[i..]);
                 ApiError::new(401, "invalid_request_error", format!("Incorrect API key provided: sk-********{tail}. You can find your API key at https://platform.openai.com/account/api-keys."))
                     .code("invalid_api_key")
             }
-            (Api::Anthropic, None) => {
-                ApiError::new(401, "authentication_error", "x-api-key header is required")
-            }
-            (Api::Anthropic, Some(_)) => {
-                ApiError::new(401, "authentication_error", "invalid x-api-key")
-            }
+            (Api::Anthropic, None) => ApiError::new(401, "authentication_error", "x-api-key header is required"),
+            (Api::Anthropic, Some(_)) => ApiError::new(401, "authentication_error", "invalid x-api-key"),
         }
     }
 
     /// The answer for a path the provider does not serve.
     pub(super) fn unknown_route(api: Api, method: &str, path: &str) -> Self {
         match api {
-            Api::OpenAi => ApiError::new(
-                404,
-                "invalid_request_error",
-                format!("Invalid URL ({method} {path})"),
-            ),
+            Api::OpenAi => ApiError::new(404, "invalid_request_error", format!("Invalid URL ({method} {path})")),
             Api::Anthropic => ApiError::new(404, "not_found_error", "Not Found"),
         }
     }
@@ -250,11 +221,7 @@ impl ApiError {
 }
 
 /// Anthropic ids that have been retired: asking for one is a 404.
-const RETIRED: [&str; 3] = [
-    "claude-3-5-sonnet-20240620",
-    "claude-3-5-sonnet-20241022",
-    "claude-3-5-haiku-20241022",
-];
+const RETIRED: [&str; 3] = ["claude-3-5-sonnet-20240620", "claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022"];
 
 /// The request-level checks the real API makes before generating anything.
 /// `body` is `Null` when the request body was not JSON.
@@ -284,9 +251,7 @@ pub(super) fn validate(api: Api, body: &Value) -> Result<(), ApiError> {
                     .code("decimal_out_of_range"));
             }
             // Reasoning models only take `max_completion_tokens`.
-            let reasoning = ["o1", "o3", "o4", "gpt-5"]
-                .iter()
-                .any(|p| model.starts_with(p));
+            let reasoning = ["o1", "o3", "o4", "gpt-5"].iter().any(|p| model.starts_with(p));
             if reasoning && !body["max_tokens"].is_null() {
                 return Err(invalid("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".into())
                     .param("max_tokens")
@@ -294,8 +259,11 @@ pub(super) fn validate(api: Api, body: &Value) -> Result<(), ApiError> {
             }
             for name in ["max_tokens", "max_completion_tokens"] {
                 if body[name].as_i64().is_some_and(|n| n < 1) {
-                    return Err(invalid(format!("Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {} instead.", body[name]))
-                        .code("integer_below_min_value"));
+                    return Err(invalid(format!(
+                        "Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {} instead.",
+                        body[name]
+                    ))
+                    .code("integer_below_min_value"));
                 }
             }
         }
@@ -306,9 +274,7 @@ pub(super) fn validate(api: Api, body: &Value) -> Result<(), ApiError> {
             match body["max_tokens"].as_i64() {
                 None => return Err(invalid("max_tokens: Field required".into())),
                 Some(n) if n < 1 => {
-                    return Err(invalid(
-                        "max_tokens: Input should be greater than or equal to 1".into(),
-                    ));
+                    return Err(invalid("max_tokens: Input should be greater than or equal to 1".into()));
                 }
                 Some(_) => {}
             }
@@ -323,22 +289,15 @@ pub(super) fn validate(api: Api, body: &Value) -> Result<(), ApiError> {
                 }
             }
             if temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
-                return Err(invalid(
-                    "temperature: Input should be less than or equal to 1".into(),
-                ));
+                return Err(invalid("temperature: Input should be less than or equal to 1".into()));
             }
-            if temperature.is_some()
-                && !body["top_p"].is_null()
-                && rejects_temperature_with_top_p(model)
-            {
-                return Err(invalid("`temperature` and `top_p` cannot both be specified for this model. Please use only one.".into()));
+            if temperature.is_some() && !body["top_p"].is_null() && rejects_temperature_with_top_p(model) {
+                return Err(invalid(
+                    "`temperature` and `top_p` cannot both be specified for this model. Please use only one.".into(),
+                ));
             }
             if RETIRED.contains(&model) {
-                return Err(ApiError::new(
-                    404,
-                    "not_found_error",
-                    format!("model: {model}"),
-                ));
+                return Err(ApiError::new(404, "not_found_error", format!("model: {model}")));
             }
         }
     }
@@ -350,18 +309,13 @@ pub(super) fn validate(api: Api, body: &Value) -> Result<(), ApiError> {
 /// `claude-sonnet-4-20250514` (a date where the minor version would be).
 fn rejects_temperature_with_top_p(model: &str) -> bool {
     let mut parts = model.split('-');
-    let (Some("claude"), Some(family), Some(major)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("claude"), Some(family), Some(major)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
     let Ok(major) = major.parse::<u32>() else {
         return false;
     };
-    let minor = parts
-        .next()
-        .filter(|m| m.len() <= 2)
-        .and_then(|m| m.parse::<u32>().ok())
-        .unwrap_or(0);
+    let minor = parts.next().filter(|m| m.len() <= 2).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
     let family_ok = family.chars().all(|c| c.is_ascii_alphabetic());
     family_ok && (major > 4 || (major == 4 && (minor >= 5 || (family == "opus" && minor >= 1))))
 }
@@ -428,31 +382,15 @@ impl Completion {
             None => format!("echo: {prompt}"),
         };
         let limit = match api {
-            Api::OpenAi => body["max_completion_tokens"]
-                .as_u64()
-                .or(body["max_tokens"].as_u64()),
+            Api::OpenAi => body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()),
             Api::Anthropic => body["max_tokens"].as_u64(),
         };
         match limit.map(|n| n as usize).filter(|n| *n < words(&text)) {
             Some(n) => {
-                let text = text
-                    .split_whitespace()
-                    .take(n)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                Completion {
-                    text,
-                    input_tokens,
-                    output_tokens: n,
-                    truncated: true,
-                }
+                let text = text.split_whitespace().take(n).collect::<Vec<_>>().join(" ");
+                Completion { text, input_tokens, output_tokens: n, truncated: true }
             }
-            None => Completion {
-                output_tokens: words(&text),
-                text,
-                input_tokens,
-                truncated: false,
-            },
+            None => Completion { output_tokens: words(&text), text, input_tokens, truncated: false },
         }
     }
 
@@ -542,32 +480,16 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_utc() {
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(CREATED)),
-            "2026-01-01T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661)),
-            "2000-02-29T01:01:01Z"
-        );
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(CREATED)), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661)), "2000-02-29T01:01:01Z");
     }
 
     #[test]
     fn newer_claude_models_reject_temperature_with_top_p() {
-        for model in [
-            "claude-sonnet-4-5-20250929",
-            "claude-haiku-4-5",
-            "claude-opus-4-1-20250805",
-            "claude-opus-4-7",
-        ] {
+        for model in ["claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-opus-4-1-20250805", "claude-opus-4-7"] {
             assert!(rejects_temperature_with_top_p(model), "{model}");
         }
-        for model in [
-            "claude-sonnet-4-20250514",
-            "claude-3-5-haiku-20241022",
-            "claude-3-opus-20240229",
-            "gpt-4o",
-        ] {
+        for model in ["claude-sonnet-4-20250514", "claude-3-5-haiku-20241022", "claude-3-opus-20240229", "gpt-4o"] {
             assert!(!rejects_temperature_with_top_p(model), "{model}");
         }
     }
@@ -578,24 +500,11 @@ mod tests {
             "messages": [{ "role": "user", "content": [{ "type": "text", "text": "one two three" }] }] });
         let completion = Completion::echo(Api::Anthropic, &body);
         assert_eq!(completion.text, "[be brief] echo:");
-        assert_eq!(
-            (
-                completion.input_tokens,
-                completion.output_tokens,
-                completion.truncated
-            ),
-            (5, 3, true)
-        );
-        let body = json!({ "messages": [{ "role": "system", "content": "" }, { "role": "user", "content": "hi there" }] });
+        assert_eq!((completion.input_tokens, completion.output_tokens, completion.truncated), (5, 3, true));
+        let body =
+            json!({ "messages": [{ "role": "system", "content": "" }, { "role": "user", "content": "hi there" }] });
         let completion = Completion::echo(Api::OpenAi, &body);
         assert_eq!(completion.text, "echo: hi there");
-        assert_eq!(
-            (
-                completion.input_tokens,
-                completion.output_tokens,
-                completion.truncated
-            ),
-            (2, 3, false)
-        );
+        assert_eq!((completion.input_tokens, completion.output_tokens, completion.truncated), (2, 3, false));
     }
 }

@@ -1,11 +1,10 @@
 //! The `batchgen` binary end to end: dataset formats, config files, exit
 //! codes, and every kind of bad input refused before a request is sent.
 
-
+use crate::common::*;
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use batchgen_tests::provider::ProviderServer;
-use crate::common::*;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::json;
@@ -17,7 +16,18 @@ fn path(p: &Path) -> &str {
 }
 
 fn base_args<'a>(input: &'a Path, output: &'a Path) -> Vec<&'a str> {
-    vec!["--input", path(input), "--output", path(output), "--generation-model", "OpenAI GPT 4o Mini", "--input-column", "prompt", "--output-column", "answer"]
+    vec![
+        "--input",
+        path(input),
+        "--output",
+        path(output),
+        "--generation-model",
+        "OpenAI GPT 4o Mini",
+        "--input-column",
+        "prompt",
+        "--output-column",
+        "answer",
+    ]
 }
 
 #[test]
@@ -37,7 +47,10 @@ fn jsonl_round_trip_keeps_every_column_and_order() {
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert!(ran.stderr.contains("3 rows, 0 failed"), "{}", ran.stderr);
     let out = read_jsonl(&output);
-    assert_eq!(out[0], json!({"z": 1, "prompt": "first", "nested": {"a": [1, 2]}, "answer": "echo: first", "answer_error": null}));
+    assert_eq!(
+        out[0],
+        json!({"z": 1, "prompt": "first", "nested": {"a": [1, 2]}, "answer": "echo: first", "answer_error": null})
+    );
     assert_eq!(out[1], json!({"prompt": "second", "z": null, "answer": "echo: second", "answer_error": null}));
     assert_eq!(out[2]["answer"], "echo: third ünïcödé 🚀");
     let keys: Vec<&String> = out[0].as_object().unwrap().keys().collect();
@@ -65,13 +78,23 @@ fn csv_round_trip_with_quotes_commas_newlines_and_unicode() {
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len(), cells.len());
     for (i, record) in records.iter().enumerate() {
-        assert_eq!(record.iter().collect::<Vec<_>>(), vec![i.to_string().as_str(), cells[i], &format!("n,{i}"), &format!("echo: {}", cells[i]), ""]);
+        assert_eq!(
+            record.iter().collect::<Vec<_>>(),
+            vec![i.to_string().as_str(), cells[i], &format!("n,{i}"), &format!("echo: {}", cells[i]), ""]
+        );
     }
 }
 
 fn write_parquet(path: &Path, ids: Vec<i64>, prompts: Vec<Option<&str>>) {
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("prompt", DataType::Utf8, true)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(prompts))]).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("prompt", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(prompts))],
+    )
+    .unwrap();
     let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
@@ -89,7 +112,8 @@ fn parquet_round_trip_keeps_types_and_order() {
     let output = dir.path().join("out.parquet");
     let ran = cli(&server, &[&base_args(&input, &output)[..], &["--batch-size", "64"]].concat());
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&output).unwrap()).unwrap().build().unwrap();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&output).unwrap()).unwrap().build().unwrap();
     let mut seen = 0usize;
     for batch in reader {
         let batch = batch.unwrap();
@@ -121,7 +145,21 @@ fn config_file_with_flag_overrides() {
             "output_column": "out", "batch_size": 4, "temperature": 0.2, "top_p": 1.0, "max_tokens": 99}"#,
     )
     .unwrap();
-    let ran = cli(&server, &["--input", path(&input), "--output", path(&output), "--config", path(&config), "--max-tokens", "7", "--model-id", "claude-3-7-sonnet-20250219"]);
+    let ran = cli(
+        &server,
+        &[
+            "--input",
+            path(&input),
+            "--output",
+            path(&output),
+            "--config",
+            path(&config),
+            "--max-tokens",
+            "7",
+            "--model-id",
+            "claude-3-7-sonnet-20250219",
+        ],
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let body = &server.requests()[0].body;
     assert_eq!(body["model"], "claude-3-7-sonnet-20250219");
@@ -197,7 +235,16 @@ fn bad_input_is_refused_before_any_request() {
     check(&["--generation-model", "GPT 9"], &["generation_model", "GPT 9", "OpenAI GPT 4o Mini"]);
     check(&["--generation-model", "Claude 3.5 Haiku", "--temperature", "1.5"], &["temperature", "1.0"]);
     check(
-        &["--generation-model", "Claude 3.5 Haiku", "--model-id", "claude-haiku-4-5", "--temperature", "0.5", "--top-p", "0.9"],
+        &[
+            "--generation-model",
+            "Claude 3.5 Haiku",
+            "--model-id",
+            "claude-haiku-4-5",
+            "--temperature",
+            "0.5",
+            "--top-p",
+            "0.9",
+        ],
         &["top_p", "claude-haiku-4-5"],
     );
     // Several problems are reported together.
@@ -207,41 +254,243 @@ fn bad_input_is_refused_before_any_request() {
     // Dataset problems name the row.
     let bad_row = d.join("bad_row.jsonl");
     std::fs::write(&bad_row, "{\"prompt\": \"a\"}\n{\"other\": 1}\n").unwrap();
-    refused(&server, d, &["--input", path(&bad_row), "--output", out, "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "answer"], false, &["row 2", "prompt"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            path(&bad_row),
+            "--output",
+            out,
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["row 2", "prompt"],
+    );
     let not_string = d.join("not_string.jsonl");
     std::fs::write(&not_string, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n{\"prompt\": 42}\n").unwrap();
-    refused(&server, d, &["--input", path(&not_string), "--output", out, "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "answer"], false, &["row 3", "prompt", "number"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            path(&not_string),
+            "--output",
+            out,
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["row 3", "prompt", "number"],
+    );
     let unparsable = d.join("unparsable.jsonl");
     std::fs::write(&unparsable, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"\n").unwrap();
-    refused(&server, d, &["--input", path(&unparsable), "--output", out, "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "answer"], false, &["row 2", "line 2"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            path(&unparsable),
+            "--output",
+            out,
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["row 2", "line 2"],
+    );
     let missing = d.join("missing.jsonl");
-    refused(&server, d, &["--input", path(&missing), "--output", out, "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "answer"], false, &["missing.jsonl"]);
-    refused(&server, d, &["--input", good, "--output", &format!("{out}.txt"), "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "answer"], false, &["out.jsonl.txt"]);
-    refused(&server, d, &["--input", good, "--output", good, "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "answer"], false, &["differ"]);
-    refused(&server, d, &["--input", good, "--output", out, "--generation-model", "gpt-4o", "--input-column", "prompt", "--output-column", "id"], false, &["id", "already exists"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            path(&missing),
+            "--output",
+            out,
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["missing.jsonl"],
+    );
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            &format!("{out}.txt"),
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["out.jsonl.txt"],
+    );
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            good,
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["differ"],
+    );
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            out,
+            "--generation-model",
+            "gpt-4o",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "id",
+        ],
+        false,
+        &["id", "already exists"],
+    );
 
     // Missing keys name the variable.
     refused(&server, d, &run_with(&[]).iter().map(String::as_str).collect::<Vec<_>>(), true, &["OPENAI_API_KEY"]);
-    refused(&server, d, &["--input", good, "--output", out, "--generation-model", "Claude 3.5 Sonnet", "--input-column", "prompt", "--output-column", "answer"], true, &["ANTHROPIC_API_KEY"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            out,
+            "--generation-model",
+            "Claude 3.5 Sonnet",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        true,
+        &["ANTHROPIC_API_KEY"],
+    );
     // Local without a server or a model file.
     let no_model = d.join("no-model.gguf");
-    refused(&server, d, &["--input", good, "--output", out, "--generation-model", "local", "--input-column", "prompt", "--output-column", "answer", "--local-model", path(&no_model)], true, &["--local-url"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            out,
+            "--generation-model",
+            "local",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+            "--local-model",
+            path(&no_model),
+        ],
+        true,
+        &["--local-url"],
+    );
 
     // Config files: unknown keys and wrong types name the field.
     let config = d.join("bad.json");
     std::fs::write(&config, r#"{"generation_model": "gpt-4o", "temprature": 0.5}"#).unwrap();
-    refused(&server, d, &["--input", good, "--output", out, "--config", path(&config), "--input-column", "prompt", "--output-column", "answer"], false, &["temprature"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            out,
+            "--config",
+            path(&config),
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["temprature"],
+    );
     std::fs::write(&config, r#"{"generation_model": "gpt-4o", "max_tokens": "many"}"#).unwrap();
-    refused(&server, d, &["--input", good, "--output", out, "--config", path(&config), "--input-column", "prompt", "--output-column", "answer"], false, &["max_tokens"]);
+    refused(
+        &server,
+        d,
+        &[
+            "--input",
+            good,
+            "--output",
+            out,
+            "--config",
+            path(&config),
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+        false,
+        &["max_tokens"],
+    );
     // A required parameter left out.
-    refused(&server, d, &["--input", good, "--output", out, "--generation-model", "gpt-4o", "--output-column", "answer"], false, &["input_column", "--input-column"]);
+    refused(
+        &server,
+        d,
+        &["--input", good, "--output", out, "--generation-model", "gpt-4o", "--output-column", "answer"],
+        false,
+        &["input_column", "--input-column"],
+    );
 }
 
 #[test]
 fn models_lists_labels_ids_and_retirements() {
     let ran = batchgen_tests::harness::run(batchgen_tests::harness::batchgen().arg("models"));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    for needle in ["Local", "Claude 3.5 Haiku", "claude-3-5-haiku-20241022", "claude-haiku-4-5-20251001", "OpenAI GPT 4o Mini", "gpt-4o-mini"] {
+    for needle in [
+        "Local",
+        "Claude 3.5 Haiku",
+        "claude-3-5-haiku-20241022",
+        "claude-haiku-4-5-20251001",
+        "OpenAI GPT 4o Mini",
+        "gpt-4o-mini",
+    ] {
         assert!(ran.stdout.contains(needle), "{needle}: {}", ran.stdout);
     }
 }
@@ -250,13 +499,15 @@ fn models_lists_labels_ids_and_retirements() {
 fn the_component_is_an_artifact_that_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("batchgen.wasm");
-    let ran = batchgen_tests::harness::run(batchgen_tests::harness::batchgen().args(["component", "--out", path(&out)]));
+    let ran =
+        batchgen_tests::harness::run(batchgen_tests::harness::batchgen().args(["component", "--out", path(&out)]));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(bytes, batchgen::plugin::EMBEDDED_COMPONENT);
     // A component (not a core module): the layer field of the header is 1.
     assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0");
-    let ran = batchgen_tests::harness::run(batchgen_tests::harness::batchgen().args(["models", "--component", path(&out)]));
+    let ran =
+        batchgen_tests::harness::run(batchgen_tests::harness::batchgen().args(["models", "--component", path(&out)]));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert!(ran.stdout.contains("OpenAI GPT 4o Mini"));
 }
@@ -264,7 +515,8 @@ fn the_component_is_an_artifact_that_loads_back() {
 #[test]
 fn the_wit_package_version_follows_the_project_version() {
     let wit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/batchgen.wit")).unwrap();
-    let declared = wit.lines().find_map(|line| line.strip_prefix("package batchgen:plugin@")).unwrap().trim_end_matches(';');
+    let declared =
+        wit.lines().find_map(|line| line.strip_prefix("package batchgen:plugin@")).unwrap().trim_end_matches(';');
     assert_eq!(declared, env!("CARGO_PKG_VERSION"), "bump both together: the WIT package is the interface's version");
 }
 
@@ -279,7 +531,10 @@ fn the_run_reports_usage_and_estimated_cost() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["model"], "OpenAI GPT 4o Mini");
     assert_eq!(report["model_id"], "gpt-4o-mini");
-    assert_eq!((report["rows"].as_u64(), report["failed"].as_u64(), report["retries"].as_u64()), (Some(4), Some(0), Some(0)));
+    assert_eq!(
+        (report["rows"].as_u64(), report["failed"].as_u64(), report["retries"].as_u64()),
+        (Some(4), Some(0), Some(0))
+    );
     // The stand-in counts words: 2 in, 3 out per row ("row N" -> "echo: row N").
     assert_eq!((report["input_tokens"].as_u64(), report["output_tokens"].as_u64()), (Some(8), Some(12)));
     let expected = (8.0 * 0.15 + 12.0 * 0.60) / 1e6;
@@ -307,7 +562,11 @@ fn progress_lines_when_stderr_is_not_a_terminal_and_quiet_silences_them() {
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let lines: Vec<&str> = ran.stderr.lines().filter(|l| l.contains(" rows (")).collect();
     assert_eq!(lines.len(), 3, "one line per batch of 2: {}", ran.stderr);
-    assert!(lines[2].contains("6/6 rows (100%)") && lines[2].contains("rows/s") && lines[2].contains("0 failed, 0 retries"), "{}", lines[2]);
+    assert!(
+        lines[2].contains("6/6 rows (100%)") && lines[2].contains("rows/s") && lines[2].contains("0 failed, 0 retries"),
+        "{}",
+        lines[2]
+    );
     let quiet = run(true);
     assert!(!quiet.stderr.contains(" rows ("), "{}", quiet.stderr);
     assert!(quiet.stderr.contains("6 rows, 0 failed"), "the summary still prints: {}", quiet.stderr);

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests.
 
-
 use batchgen::config::{ApiKeys, Job, ProviderEndpoints};
 use batchgen::run::RunOptions;
 use batchgen_tests::harness;

@@ -20,13 +20,15 @@ fn readme_tables_match_the_declared_defaults() {
                 panic!("{name}: README has no table row for {key} / {flag}");
             };
             let shown = row.split('|').nth(2).unwrap_or_default().trim();
-            let declared: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+            let declared: Vec<String> =
+                arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
             let expected = match declared.first().map(String::as_str) {
                 None => vec!["none", "the label's id"],
                 Some("") => vec!["required"],
                 Some(value) => vec![value],
             };
-            let same_number = |a: &str, b: &str| matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y);
+            let same_number =
+                |a: &str, b: &str| matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y);
             assert!(
                 expected.iter().any(|e| *e == shown || same_number(e, shown)),
                 "{name}: README shows {shown:?} for {id}, the flag declares {expected:?}"

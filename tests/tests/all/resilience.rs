@@ -1,10 +1,9 @@
 //! Faults, rate limits and pacing: every row ends correct or as a row error
 //! in its own place, and rate limits slow the run down instead of failing it.
 
-
+use crate::common::*;
 use batchgen::run::run;
 use batchgen_tests::provider::{FaultPlan, ProviderServer, RecordedRequest, ServerOptions};
-use crate::common::*;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -135,7 +134,8 @@ async fn a_concurrency_limit_becomes_steady_throughput() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spent_budget_pauses_until_its_reset() {
     let reset = Duration::from_millis(300);
-    let server = ProviderServer::start_with(ServerOptions { exhaust_every: Some((3, reset)), ..ServerOptions::default() });
+    let server =
+        ProviderServer::start_with(ServerOptions { exhaust_every: Some((3, reset)), ..ServerOptions::default() });
     let (_dir, input, output) = dataset(&numbered_rows(7));
     let mut job = job("gpt-4o-mini");
     job.batch_size = 1;
@@ -167,7 +167,8 @@ async fn max_rpm_spaces_request_starts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn next_batch_starts_while_a_slow_row_finishes() {
     let server = ProviderServer::start();
-    let rows = [json!({"prompt": "slow #hang=1"}), json!({"prompt": "b"}), json!({"prompt": "c"}), json!({"prompt": "d"})];
+    let rows =
+        [json!({"prompt": "slow #hang=1"}), json!({"prompt": "b"}), json!({"prompt": "c"}), json!({"prompt": "d"})];
     let (_dir, input, output) = dataset(&rows);
     let mut job = job("gpt-4o-mini");
     job.batch_size = 2;
@@ -179,5 +180,8 @@ async fn next_batch_starts_while_a_slow_row_finishes() {
     let c = order.iter().position(|p| p == "c").unwrap();
     assert!(c < retry, "the second batch waited for the first batch's slow row: {order:?}");
     let out = read_jsonl(&output);
-    assert_eq!(out.iter().map(|r| r["answer"].as_str().unwrap()).collect::<Vec<_>>(), ["echo: slow #hang=1", "echo: b", "echo: c", "echo: d"]);
+    assert_eq!(
+        out.iter().map(|r| r["answer"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["echo: slow #hang=1", "echo: b", "echo: c", "echo: d"]
+    );
 }

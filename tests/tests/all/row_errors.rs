@@ -1,10 +1,9 @@
 //! Provider failures become row errors in place; retryable ones are retried;
 //! nothing moves between rows.
 
-
+use crate::common::*;
 use batchgen::run::run;
 use batchgen_tests::provider::{ProviderServer, ServerOptions};
-use crate::common::*;
 use serde_json::json;
 
 fn attempts_for(server: &ProviderServer, prompt: &str) -> usize {
@@ -76,7 +75,8 @@ async fn retries_stop_at_max_attempts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_cut_off_replies_are_retried() {
     let server = ProviderServer::start();
-    let rows = [json!({"prompt": "a #malformed=1"}), json!({"prompt": "b #truncate=1"}), json!({"prompt": "c #reset=1"})];
+    let rows =
+        [json!({"prompt": "a #malformed=1"}), json!({"prompt": "b #truncate=1"}), json!({"prompt": "c #reset=1"})];
     let (_dir, input, output) = dataset(&rows);
     let summary = run(&options(&server, &input, &output, job("gpt-4o-mini"))).await.unwrap();
     let out = read_jsonl(&output);
@@ -91,7 +91,8 @@ async fn malformed_and_cut_off_replies_are_retried() {
 async fn a_batch_is_sent_concurrently() {
     // The server holds every answer until 8 requests are in flight at once:
     // a component sending one request at a time would never get there.
-    let server = ProviderServer::start_with(ServerOptions { hold_until_in_flight: Some(8), ..ServerOptions::default() });
+    let server =
+        ProviderServer::start_with(ServerOptions { hold_until_in_flight: Some(8), ..ServerOptions::default() });
     let (_dir, input, output) = dataset(&numbered_rows(8));
     let mut job = job("gpt-4o-mini");
     job.batch_size = 8;

@@ -1,24 +1,40 @@
 //! Hostile components and configs are contained: each misbehaviour ends in
 //! a clear error on its rows, the host survives, and nothing leaks in or out.
 
-
+use crate::common::*;
 use batchgen_tests::harness;
 use batchgen_tests::provider::ProviderServer;
-use crate::common::*;
 use serde_json::{Value, json};
 
 const HOSTILE: &str = env!("HOSTILE_COMPONENT");
 
 /// Runs the hostile component doing `behaviour` over `prompts`, with tight
 /// limits; returns the exit code, stderr and output rows.
-fn hostile(server: &ProviderServer, behaviour: &str, prompts: &[&str], extra: &[&str]) -> (Option<i32>, String, Vec<Value>) {
+fn hostile(
+    server: &ProviderServer,
+    behaviour: &str,
+    prompts: &[&str],
+    extra: &[&str],
+) -> (Option<i32>, String, Vec<Value>) {
     let rows: Vec<Value> = prompts.iter().enumerate().map(|(i, p)| json!({"id": i, "prompt": p})).collect();
     let (_dir, input, output) = dataset(&rows);
     let mut args = vec![
-        "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
-        "--component", HOSTILE, "--generation-model", behaviour,
-        "--input-column", "prompt", "--output-column", "answer",
-        "--call-timeout", "2", "--max-memory", "64",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--component",
+        HOSTILE,
+        "--generation-model",
+        behaviour,
+        "--input-column",
+        "prompt",
+        "--output-column",
+        "answer",
+        "--call-timeout",
+        "2",
+        "--max-memory",
+        "64",
     ];
     args.extend_from_slice(extra);
     let ran = cli(server, &args);
@@ -34,12 +50,9 @@ fn errors(rows: &[Value]) -> Vec<String> {
 #[test]
 fn runaway_components_are_stopped_and_their_rows_fail_in_place() {
     let server = ProviderServer::start();
-    for (behaviour, expected) in [
-        ("loop", "call deadline"),
-        ("sleep", "call deadline"),
-        ("memory", "memory"),
-        ("panic", "component failed"),
-    ] {
+    for (behaviour, expected) in
+        [("loop", "call deadline"), ("sleep", "call deadline"), ("memory", "memory"), ("panic", "component failed")]
+    {
         let (code, stderr, rows) = hostile(&server, behaviour, &["a", "b"], &[]);
         assert_eq!(code, Some(1), "{behaviour}: {stderr}");
         assert_eq!(rows.len(), 2, "{behaviour}: every row keeps its place");
@@ -122,7 +135,10 @@ fn credentials_are_the_hosts_alone() {
     let (code, _, rows) = hostile(&server, "authorization", &[&target], &[]);
     assert_eq!(code, Some(0));
     let answer = rows[0]["answer"].as_str().unwrap();
-    assert_eq!(answer, "authorization: headers refused: HeaderError::Forbidden; x-api-key: headers refused: HeaderError::Forbidden; plain: status 200");
+    assert_eq!(
+        answer,
+        "authorization: headers refused: HeaderError::Forbidden; x-api-key: headers refused: HeaderError::Forbidden; plain: status 200"
+    );
     let requests = server.requests();
     assert_eq!(requests.len(), 1, "only the plain request left the component");
     assert_eq!(requests[0].header("authorization"), Some(format!("Bearer {OPENAI_KEY}").as_str()));
@@ -136,7 +152,16 @@ fn component_output_goes_to_a_capped_log() {
     let ran = harness::run(
         harness::batchgen()
             .args(["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()])
-            .args(["--component", HOSTILE, "--generation-model", "chatty", "--input-column", "prompt", "--output-column", "answer"])
+            .args([
+                "--component",
+                HOSTILE,
+                "--generation-model",
+                "chatty",
+                "--input-column",
+                "prompt",
+                "--output-column",
+                "answer",
+            ])
             .env("OPENAI_API_KEY", OPENAI_KEY)
             .env("OPENAI_BASE_URL", server.openai_base_url())
             .env("BATCHGEN_LOG", "batchgen::guest=info"),

@@ -1,12 +1,11 @@
 //! Crash-safe runs: saved work survives SIGKILL at any instant, is keyed by
 //! what determines a row, and is never requested twice.
 
-
+use crate::common::*;
 use batchgen::journal::{Journal, WorkParams};
 use batchgen::run::run;
 use batchgen_tests::harness;
 use batchgen_tests::provider::{ProviderServer, ServerOptions};
-use crate::common::*;
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::Path;
@@ -46,12 +45,27 @@ fn splitmix(state: &mut u64) -> u64 {
 fn sigkill_at_random_points_loses_and_repeats_nothing() {
     // 400 rows at 16 in flight and 50 ms a request need at least 1.25 s of
     // work; every round is killed within 300 ms, so several kills land.
-    let server = ProviderServer::start_with(ServerOptions { latency: Duration::from_millis(50), ..ServerOptions::default() });
+    let server =
+        ProviderServer::start_with(ServerOptions { latency: Duration::from_millis(50), ..ServerOptions::default() });
     let rows = numbered_rows(400);
     let prompts: Vec<String> = rows.iter().map(|r| r["prompt"].as_str().unwrap().to_string()).collect();
     let (_dir, input, output) = dataset(&rows);
     let journal = Journal::path_for(&output);
-    let args = ["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer", "--batch-size", "16", "--no-preflight"];
+    let args = [
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--generation-model",
+        "gpt-4o-mini",
+        "--input-column",
+        "prompt",
+        "--output-column",
+        "answer",
+        "--batch-size",
+        "16",
+        "--no-preflight",
+    ];
     let mut rng = 2026u64;
     let mut kills = 0;
     for round in 0.. {
@@ -174,7 +188,21 @@ fn a_second_run_on_the_same_output_is_refused() {
     let (_dir, input, output) = dataset(&numbered_rows(1));
     let _held = Journal::open(&Journal::path_for(&output), false).unwrap();
     let server = ProviderServer::start();
-    let ran = cli(&server, &["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer"]);
+    let ran = cli(
+        &server,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--generation-model",
+            "gpt-4o-mini",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ],
+    );
     assert_eq!(ran.code, Some(2));
     assert!(ran.stderr.contains("in use by another batchgen run"), "{}", ran.stderr);
     assert!(server.requests().is_empty());

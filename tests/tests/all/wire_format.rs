@@ -1,10 +1,9 @@
 //! The exact requests the component sends for each model and parameter
 //! combination, and how replies and provider errors land in the output.
 
-
+use crate::common::*;
 use batchgen::run::run;
 use batchgen_tests::provider::{ProviderServer, RecordedRequest};
-use crate::common::*;
 use serde_json::{Value, json};
 
 /// Runs `job` over one row with `prompt` and returns the requests the server

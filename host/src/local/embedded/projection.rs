@@ -40,29 +40,17 @@ impl Projection {
         for part in &parts {
             let (_, part_width) = part.shape().dims2()?;
             if part_width != width {
-                candle_core::bail!(
-                    "projections of different input widths ({width} and {part_width}) cannot be fused"
-                );
+                candle_core::bail!("projections of different input widths ({width} and {part_width}) cannot be fused");
             }
         }
         if parts.iter().any(|part| part.dtype() != dtype) {
             // Mixed formats (as some quantization mixes use) stay separate.
-            let matmuls = parts
-                .into_iter()
-                .map(QMatMul::from_qtensor)
-                .collect::<Result<_>>()?;
-            return Ok(Projection {
-                matmuls,
-                padding: 0,
-            });
+            let matmuls = parts.into_iter().map(QMatMul::from_qtensor).collect::<Result<_>>()?;
+            return Ok(Projection { matmuls, padding: 0 });
         }
         let rows: usize = parts.iter().map(|part| part.shape().dims()[0]).sum();
         let padded = width.next_multiple_of(KERNEL_WIDTH);
-        let padding = if dtype == GgmlDType::Q8_0 && has_int8_kernel() {
-            padded - width
-        } else {
-            0
-        };
+        let padding = if dtype == GgmlDType::Q8_0 && has_int8_kernel() { padded - width } else { 0 };
         let fused = if parts.len() == 1 && padding == 0 {
             parts.into_iter().next().expect("one part")
         } else {
@@ -79,10 +67,7 @@ impl Projection {
             let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
             QTensor::new(storage, (rows, width + padding))?
         };
-        Ok(Projection {
-            matmuls: vec![QMatMul::from_qtensor(fused)?],
-            padding,
-        })
+        Ok(Projection { matmuls: vec![QMatMul::from_qtensor(fused)?], padding })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -95,13 +80,7 @@ impl Projection {
         };
         match self.matmuls.as_slice() {
             [matmul] => matmul.forward(x),
-            parts => Tensor::cat(
-                &parts
-                    .iter()
-                    .map(|part| part.forward(x))
-                    .collect::<Result<Vec<_>>>()?,
-                D::Minus1,
-            ),
+            parts => Tensor::cat(&parts.iter().map(|part| part.forward(x)).collect::<Result<Vec<_>>>()?, D::Minus1),
         }
     }
 }
@@ -113,10 +92,9 @@ fn has_int8_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         let forced_off = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni");
-        let avx = std::arch::is_x86_feature_detected!("avxvnni")
-            && std::arch::is_x86_feature_detected!("avx2");
+        let avx512 =
+            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni");
+        let avx = std::arch::is_x86_feature_detected!("avxvnni") && std::arch::is_x86_feature_detected!("avx2");
         !forced_off && (avx512 || avx)
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -128,14 +106,7 @@ mod tests {
     use super::*;
 
     fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Padded or not, fused or not, one row or a batch, the product is the matrix product
@@ -143,19 +114,10 @@ mod tests {
     #[test]
     fn projections_match_the_exact_product() {
         let device = Device::Cpu;
-        for (parts, k) in [
-            (vec![1536], 576),
-            (vec![576], 1536),
-            (vec![576, 192, 192], 576),
-        ] {
-            let parts: Vec<Tensor> = parts
-                .iter()
-                .map(|&n| Tensor::randn(0f32, 1.0, (n, k), &device).unwrap())
-                .collect();
-            let quantized = parts
-                .iter()
-                .map(|w| QTensor::quantize(w, GgmlDType::Q8_0).unwrap())
-                .collect();
+        for (parts, k) in [(vec![1536], 576), (vec![576], 1536), (vec![576, 192, 192], 576)] {
+            let parts: Vec<Tensor> =
+                parts.iter().map(|&n| Tensor::randn(0f32, 1.0, (n, k), &device).unwrap()).collect();
+            let quantized = parts.iter().map(|w| QTensor::quantize(w, GgmlDType::Q8_0).unwrap()).collect();
             let projection = Projection::new(quantized, &device).unwrap();
             let w = Tensor::cat(&parts, 0).unwrap();
             let n = w.dim(0).unwrap();
@@ -165,17 +127,11 @@ mod tests {
             assert_eq!(batch.dims(), &[16, 1, n]);
             // Products of k unit normals have a spread of √k ≈ 24–39.
             let error = max_difference(&batch, &exact);
-            assert!(
-                error < 2.5,
-                "({n}, {k}): batch differs from the exact product by {error}"
-            );
+            assert!(error < 2.5, "({n}, {k}): batch differs from the exact product by {error}");
             for row in [0, 7, 15] {
                 let alone = projection.forward(&x.narrow(0, row, 1).unwrap()).unwrap();
                 let error = max_difference(&alone, &batch.narrow(0, row, 1).unwrap());
-                assert!(
-                    error < 1e-3,
-                    "({n}, {k}) row {row}: alone differs from in a batch by {error}"
-                );
+                assert!(error < 1e-3, "({n}, {k}) row {row}: alone differs from in a batch by {error}");
             }
         }
     }

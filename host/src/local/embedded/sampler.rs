@@ -79,13 +79,15 @@ fn nucleus(candidates: &mut [(u32, f64)], mass: f64) -> usize {
 /// vocabulary of 49k for 16 sequences is otherwise serial time on every
 /// step.
 pub fn sample_all<'a>(samplers: impl IntoIterator<Item = &'a mut Sampler>, rows: &[Vec<f32>]) -> Vec<u32> {
-    let mut draws: Vec<(&mut Sampler, &[f32], u32)> = samplers.into_iter().zip(rows).map(|(sampler, row)| (sampler, row.as_slice(), 0)).collect();
+    let mut draws: Vec<(&mut Sampler, &[f32], u32)> =
+        samplers.into_iter().zip(rows).map(|(sampler, row)| (sampler, row.as_slice(), 0)).collect();
     super::parallel::for_each(&mut draws, || (), |(), (sampler, row, token)| *token = sampler.next(row));
     draws.into_iter().map(|(_, _, token)| token).collect()
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0 as u32
+    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0
+        as u32
 }
 
 #[cfg(test)]

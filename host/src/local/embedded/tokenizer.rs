@@ -36,7 +36,8 @@ fn strings<'a>(content: &'a Content, key: &str) -> Result<Vec<&'a str>, String> 
 
 impl ChatTokenizer {
     pub fn from_gguf(content: &Content) -> Result<ChatTokenizer, String> {
-        let model = content.metadata.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let model =
+            content.metadata.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
         if model != "gpt2" {
             return Err(format!("tokenizer {model:?} is not supported (only byte-level BPE, \"gpt2\")"));
         }
@@ -71,7 +72,9 @@ impl ChatTokenizer {
     /// The ChatML prompt for one row, as token ids.
     pub fn encode_chat(&self, system: Option<&str>, prompt: &str) -> Result<Vec<u32>, String> {
         let system = system.unwrap_or(DEFAULT_SYSTEM);
-        let text = format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
+        let text = format!(
+            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        );
         let encoding = self.inner.encode(text, false).map_err(|e| format!("tokenizing: {e}"))?;
         Ok(encoding.get_ids().to_vec())
     }
