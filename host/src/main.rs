@@ -66,8 +66,6 @@ struct RunArgs {
     /// max_tokens, ...); flags override it.
     #[arg(long, value_name = "FILE.json")]
     config: Option<PathBuf>,
-    #[command(flatten)]
-    job: Job,
     /// OpenAI-compatible server (vLLM, llama.cpp, Ollama) for `Local`, e.g. http://localhost:8000/v1.
     #[arg(long, value_name = "URL", env = "BATCHGEN_LOCAL_URL")]
     local_url: Option<String>,
@@ -84,9 +82,6 @@ struct RunArgs {
     /// Base URL of the Anthropic API.
     #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = batchgen::config::DEFAULT_ANTHROPIC_BASE_URL, value_name = "URL")]
     anthropic_base_url: String,
-    /// Limits on the component (the defaults suit the embedded one).
-    #[command(flatten)]
-    limits: Limits,
     /// Check everything, print the first request that would be sent (key
     /// redacted) and the number of rows, and send nothing.
     #[arg(long)]
@@ -107,6 +102,13 @@ struct RunArgs {
     fresh: bool,
     #[command(flatten)]
     component: ComponentArgs,
+    // Last, under headings of their own (a heading applies to every
+    // argument after it).
+    #[command(flatten, next_help_heading = "Job parameters (also the config file's keys)")]
+    job: Job,
+    /// Limits on the component (the defaults suit the embedded one).
+    #[command(flatten, next_help_heading = "Sandbox limits")]
+    limits: Limits,
 }
 
 impl RunArgs {

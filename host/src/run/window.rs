@@ -4,7 +4,8 @@
 
 use super::prepare::Prepared;
 use super::{RunError, RunOptions};
-use crate::bindings::{Config, Generation, Provider, RowError};
+use crate::bindings::{Config, Generation, ModelInfo, Provider, RowError};
+use crate::config::Job;
 use crate::dataset::{Chunk, Reader, Writer};
 use crate::journal::{Journal, Saved, WorkKey, WorkParams};
 use crate::local::LocalModel;
@@ -60,19 +61,7 @@ impl Window {
         drop(probe);
         let job = &options.job;
         let journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
-        let params = WorkParams {
-            provider: model.provider.name().to_string(),
-            model_id: match (&job.model_id, model.provider) {
-                (Some(id), Provider::Local) => format!("{}:{id}", local.identity()),
-                (Some(id), _) => id.clone(),
-                (None, Provider::Local) => local.identity(),
-                (None, _) => model.model_id.clone(),
-            },
-            system_prompt: job.system_prompt.clone(),
-            temperature: job.temperature,
-            top_p: job.top_p,
-            max_tokens: job.max_tokens,
-        };
+        let params = work_params(job, &model, &local);
         let reader = Reader::open(&options.input, &survey, &job.input_column)?;
         let writer = Writer::create(&options.output, &survey, &job.output_column)?;
         let pacer = Pacer::new(PaceSettings {
@@ -225,6 +214,26 @@ impl Window {
         summary.lowest_concurrency = pace.lowest_limit;
         writer.finish()?;
         Ok(summary)
+    }
+}
+
+/// What, besides its input, determines a row's output in this run: the key
+/// of its saved work.
+fn work_params(job: &Job, model: &ModelInfo, local: &LocalModel) -> WorkParams {
+    WorkParams {
+        provider: model.provider.name().to_string(),
+        // For `Local`, also which backend: a server's URL, or the embedded
+        // model's file and seed.
+        model_id: match (&job.model_id, model.provider) {
+            (Some(id), Provider::Local) => format!("{}:{id}", local.identity()),
+            (Some(id), _) => id.clone(),
+            (None, Provider::Local) => local.identity(),
+            (None, _) => model.model_id.clone(),
+        },
+        system_prompt: job.system_prompt.clone(),
+        temperature: job.temperature,
+        top_p: job.top_p,
+        max_tokens: job.max_tokens,
     }
 }
 

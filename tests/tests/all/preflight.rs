@@ -93,3 +93,31 @@ fn dry_run_shows_the_first_request_and_sends_nothing() {
     assert!(server.requests().is_empty());
     assert!(!output.exists());
 }
+
+/// A flag given on the command line overrides the config file; a flag left
+/// at its default does not, and the file's values and the defaults fill in
+/// the rest.
+#[test]
+fn command_line_flags_override_the_config_file_and_defaults_do_not() {
+    let server = ProviderServer::start();
+    let (dir, input, output) = dataset(&numbered_rows(1));
+    let config = dir.path().join("job.json");
+    std::fs::write(&config, r#"{"generation_model": "gpt-4o", "temperature": 0.5, "max_tokens": 77, "top_p": 0.9}"#)
+        .unwrap();
+    let ran = run_checked(
+        &server,
+        OPENAI_KEY,
+        &[
+            &args(&input, &output, "OpenAI GPT 4o Mini")[..],
+            &["--dry-run", "--config", config.to_str().unwrap(), "--temperature", "0.7"],
+        ]
+        .concat(),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let body = &ran.stdout[ran.stdout.find('{').unwrap()..];
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini", "the flag, not the file: {body}");
+    assert_eq!(body["temperature"], 0.7, "the flag, not the file: {body}");
+    assert_eq!((body["max_tokens"].as_u64(), body["top_p"].as_f64()), (Some(77), Some(0.9)), "the file's: {body}");
+    assert!(server.requests().is_empty());
+}
