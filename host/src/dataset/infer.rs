@@ -26,11 +26,9 @@ pub(crate) fn infer(value: &Value) -> DataType {
             }
             DataType::List(Arc::new(Field::new_list_field(item, true)))
         }
-        Value::Object(map) => DataType::Struct(
-            map.iter()
-                .map(|(k, v)| Field::new(k, infer(v), true))
-                .collect::<Fields>(),
-        ),
+        Value::Object(map) => {
+            DataType::Struct(map.iter().map(|(k, v)| Field::new(k, infer(v), true)).collect::<Fields>())
+        }
     }
 }
 
@@ -65,14 +63,12 @@ pub(crate) fn absorb(ty: &mut DataType, value: &Value) {
                         let mut t = current[i].data_type().clone();
                         absorb(&mut t, v);
                         if &t != current[i].data_type() {
-                            let list =
-                                new_fields.get_or_insert_with(|| fields.iter().cloned().collect());
+                            let list = new_fields.get_or_insert_with(|| fields.iter().cloned().collect());
                             list[i] = Arc::new(Field::new(k, t, true));
                         }
                     }
                     None => {
-                        let list =
-                            new_fields.get_or_insert_with(|| fields.iter().cloned().collect());
+                        let list = new_fields.get_or_insert_with(|| fields.iter().cloned().collect());
                         list.push(Arc::new(Field::new(k, infer(v), true)));
                     }
                 }
@@ -91,16 +87,12 @@ pub(crate) fn absorb(ty: &mut DataType, value: &Value) {
 pub(crate) fn finalize(ty: DataType) -> DataType {
     match ty {
         DataType::Null => DataType::Utf8,
-        DataType::List(field) => DataType::List(Arc::new(Field::new_list_field(
-            finalize(field.data_type().clone()),
-            true,
-        ))),
+        DataType::List(field) => {
+            DataType::List(Arc::new(Field::new_list_field(finalize(field.data_type().clone()), true)))
+        }
         DataType::Struct(fields) if fields.is_empty() => DataType::Utf8,
         DataType::Struct(fields) => DataType::Struct(
-            fields
-                .iter()
-                .map(|f| Field::new(f.name(), finalize(f.data_type().clone()), true))
-                .collect::<Fields>(),
+            fields.iter().map(|f| Field::new(f.name(), finalize(f.data_type().clone()), true)).collect::<Fields>(),
         ),
         other => other,
     }
@@ -114,12 +106,9 @@ pub(crate) fn conform(value: Value, ty: &DataType) -> Value {
         (_, Value::Null) => Value::Null,
         (DataType::Utf8, Value::String(s)) => Value::String(s),
         (DataType::Utf8, other) => Value::String(other.to_string()),
-        (DataType::List(field), Value::Array(items)) => Value::Array(
-            items
-                .into_iter()
-                .map(|v| conform(v, field.data_type()))
-                .collect(),
-        ),
+        (DataType::List(field), Value::Array(items)) => {
+            Value::Array(items.into_iter().map(|v| conform(v, field.data_type())).collect())
+        }
         (DataType::Struct(fields), Value::Object(map)) => Value::Object(
             map.into_iter()
                 .filter_map(|(k, v)| {

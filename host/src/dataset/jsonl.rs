@@ -31,10 +31,7 @@ pub(crate) struct JsonLines {
 
 impl JsonLines {
     pub fn open(path: &Path) -> Result<JsonLines, DatasetError> {
-        let file = File::open(path).map_err(|source| DatasetError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = File::open(path).map_err(|source| DatasetError::Open { path: path.to_path_buf(), source })?;
         Ok(JsonLines {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(64 * 1024, file),
@@ -51,10 +48,7 @@ impl JsonLines {
             let n = self
                 .reader
                 .read_until(b'\n', &mut self.buf)
-                .map_err(|source| DatasetError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                .map_err(|source| DatasetError::Read { path: self.path.clone(), source })?;
             if n == 0 {
                 return Ok(None);
             }
@@ -67,19 +61,14 @@ impl JsonLines {
                 continue;
             }
             self.row += 1;
-            let value: Value =
-                serde_json::from_slice(bytes).map_err(|e| DatasetError::InvalidJson {
-                    path: self.path.clone(),
-                    row: self.row,
-                    line: self.line,
-                    message: json_message(&e),
-                })?;
+            let value: Value = serde_json::from_slice(bytes).map_err(|e| DatasetError::InvalidJson {
+                path: self.path.clone(),
+                row: self.row,
+                line: self.line,
+                message: json_message(&e),
+            })?;
             return match value {
-                Value::Object(object) => Ok(Some(Row {
-                    row: self.row,
-                    line: self.line,
-                    object,
-                })),
+                Value::Object(object) => Ok(Some(Row { row: self.row, line: self.line, object })),
                 other => Err(DatasetError::NotAnObject {
                     path: self.path.clone(),
                     row: self.row,
@@ -99,11 +88,7 @@ fn json_message(e: &serde_json::Error) -> String {
         Some(i) => &text[..i],
         None => &text[..],
     };
-    if e.column() > 0 {
-        format!("{text} at column {}", e.column())
-    } else {
-        text.to_string()
-    }
+    if e.column() > 0 { format!("{text} at column {}", e.column()) } else { text.to_string() }
 }
 
 /// The string in `column` of a JSONL row, or the error saying why not.

@@ -120,17 +120,12 @@ impl Format {
     /// The format of `path`, by its extension (case-insensitive): `.jsonl` or
     /// `.ndjson`, `.csv`, `.parquet`.
     pub fn from_path(path: &Path) -> Result<Format, DatasetError> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase());
+        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
         match ext.as_deref() {
             Some("jsonl" | "ndjson") => Ok(Format::Jsonl),
             Some("csv") => Ok(Format::Csv),
             Some("parquet") => Ok(Format::Parquet),
-            _ => Err(DatasetError::UnsupportedFormat {
-                path: path.to_path_buf(),
-            }),
+            _ => Err(DatasetError::UnsupportedFormat { path: path.to_path_buf() }),
         }
     }
 }

@@ -19,27 +19,15 @@ pub(crate) const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
 pub(crate) const MAX_IN_PROGRESS_BYTES: usize = 128 * 1024 * 1024;
 
 pub(crate) fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DatasetError> {
-    let file = File::open(path).map_err(|source| DatasetError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| DatasetError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    })
+    let file = File::open(path).map_err(|source| DatasetError::Open { path: path.to_path_buf(), source })?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|source| DatasetError::Parquet { path: path.to_path_buf(), source })
 }
 
 /// The index of the (top-level) input column, which must hold strings.
-pub(crate) fn input_index(
-    path: &Path,
-    schema: &Schema,
-    column: &str,
-) -> Result<usize, DatasetError> {
-    let index = schema
-        .fields()
-        .iter()
-        .position(|f| f.name() == column)
-        .ok_or_else(|| DatasetError::ColumnNotFound {
+pub(crate) fn input_index(path: &Path, schema: &Schema, column: &str) -> Result<usize, DatasetError> {
+    let index =
+        schema.fields().iter().position(|f| f.name() == column).ok_or_else(|| DatasetError::ColumnNotFound {
             path: path.to_path_buf(),
             column: column.to_string(),
             columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
@@ -57,12 +45,7 @@ pub(crate) fn input_index(
 
 /// Errors naming the first null of `array` (the input column of the rows
 /// starting at 0-based `first_row`), if any.
-pub(crate) fn check_no_nulls(
-    path: &Path,
-    column: &str,
-    array: &dyn Array,
-    first_row: u64,
-) -> Result<(), DatasetError> {
+pub(crate) fn check_no_nulls(path: &Path, column: &str, array: &dyn Array, first_row: u64) -> Result<(), DatasetError> {
     if array.null_count() == 0 {
         return Ok(());
     }
@@ -87,24 +70,9 @@ pub(crate) fn push_strings(
 ) -> Result<(), DatasetError> {
     check_no_nulls(path, column, array.as_ref(), first_row)?;
     match array.data_type() {
-        DataType::Utf8 => out.extend(
-            array
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.unwrap_or("").to_string()),
-        ),
-        DataType::LargeUtf8 => out.extend(
-            array
-                .as_string::<i64>()
-                .iter()
-                .map(|s| s.unwrap_or("").to_string()),
-        ),
-        DataType::Utf8View => out.extend(
-            array
-                .as_string_view()
-                .iter()
-                .map(|s| s.unwrap_or("").to_string()),
-        ),
+        DataType::Utf8 => out.extend(array.as_string::<i32>().iter().map(|s| s.unwrap_or("").to_string())),
+        DataType::LargeUtf8 => out.extend(array.as_string::<i64>().iter().map(|s| s.unwrap_or("").to_string())),
+        DataType::Utf8View => out.extend(array.as_string_view().iter().map(|s| s.unwrap_or("").to_string())),
         other => {
             return Err(DatasetError::ColumnType {
                 path: path.to_path_buf(),

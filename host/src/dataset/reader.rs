@@ -35,6 +35,17 @@ pub(crate) enum Rows {
     Parquet(Vec<RecordBatch>),
 }
 
+impl Rows {
+    /// The format of the input the rows were read from.
+    pub(crate) fn format(&self) -> Format {
+        match self {
+            Rows::Jsonl(_) => Format::Jsonl,
+            Rows::Csv(_) => Format::Csv,
+            Rows::Parquet(_) => Format::Parquet,
+        }
+    }
+}
+
 impl Chunk {
     /// The number of rows.
     pub fn len(&self) -> usize {
@@ -85,20 +96,10 @@ impl Reader {
             Format::Parquet => {
                 let builder = parquet_io::open(path)?;
                 let input = parquet_io::input_index(path, builder.schema(), input_column)?;
-                Source::Parquet {
-                    builder: Some(builder),
-                    reader: None,
-                    pending: None,
-                    input,
-                }
+                Source::Parquet { builder: Some(builder), reader: None, pending: None, input }
             }
         };
-        Ok(Reader {
-            path: path.to_path_buf(),
-            input_column: input_column.to_string(),
-            next_row: 0,
-            source,
-        })
+        Ok(Reader { path: path.to_path_buf(), input_column: input_column.to_string(), next_row: 0, source })
     }
 
     /// The next chunk of at most `max_rows` rows (at least 1 is read even if
@@ -131,20 +132,15 @@ impl Reader {
                 }
                 Rows::Csv(rows)
             }
-            Source::Parquet {
-                builder,
-                reader,
-                pending,
-                input,
-            } => {
+            Source::Parquet { builder, reader, pending, input } => {
                 if let Some(builder) = builder.take() {
                     let batch_size = want.clamp(MIN_PARQUET_BATCH, MAX_PARQUET_BATCH);
-                    *reader = Some(builder.with_batch_size(batch_size).build().map_err(
-                        |source| DatasetError::Parquet {
-                            path: path.clone(),
-                            source,
-                        },
-                    )?);
+                    *reader = Some(
+                        builder
+                            .with_batch_size(batch_size)
+                            .build()
+                            .map_err(|source| DatasetError::Parquet { path: path.clone(), source })?,
+                    );
                 }
                 let mut batches = Vec::new();
                 let mut got = 0;
@@ -154,10 +150,7 @@ impl Reader {
                         None => match reader.as_mut().and_then(|r| r.next()) {
                             None => break,
                             Some(Err(source)) => {
-                                return Err(DatasetError::Arrow {
-                                    path: path.clone(),
-                                    source,
-                                });
+                                return Err(DatasetError::Arrow { path: path.clone(), source });
                             }
                             Some(Ok(batch)) => batch,
                         },
@@ -170,13 +163,7 @@ impl Reader {
                         *pending = Some(batch.slice(take, batch.num_rows() - take));
                     }
                     let part = batch.slice(0, take);
-                    parquet_io::push_strings(
-                        path,
-                        column,
-                        part.column(*input),
-                        first_row + got as u64,
-                        &mut inputs,
-                    )?;
+                    parquet_io::push_strings(path, column, part.column(*input), first_row + got as u64, &mut inputs)?;
                     batches.push(part);
                     got += take;
                 }
@@ -187,10 +174,6 @@ impl Reader {
             return Ok(None);
         }
         self.next_row += inputs.len() as u64;
-        Ok(Some(Chunk {
-            first_row,
-            inputs,
-            rows,
-        }))
+        Ok(Some(Chunk { first_row, inputs, rows }))
     }
 }

@@ -1,146 +1,57 @@
 //! The validation pre-pass over an input file.
+//!
+//! One function per format reads the whole file, checks every row, and
+//! gathers what the reader and writer need later; [`survey`] picks the
+//! function by extension.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::Path;
 
 use arrow_schema::{DataType, SchemaRef};
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value};
 
 use super::{DatasetError, Format, Survey};
 use super::{error_column, infer, jsonl, parquet_io, text_csv};
+
+/// Rows per batch when counting a Parquet file's rows (only the input column
+/// is read, so batches are cheap).
+const PARQUET_BATCH: usize = 8192;
 
 /// Format-specific facts the writer needs.
 #[derive(Debug, Clone)]
 pub(crate) enum Detail {
     /// The inferred Arrow type of each column (aligned with
     /// `Survey::columns`), for writing Parquet.
-    Jsonl {
-        types: Vec<DataType>,
-    },
+    Jsonl { types: Vec<DataType> },
+    /// Nothing: every CSV column is text.
     Csv,
     /// The input's Arrow schema.
-    Parquet {
-        schema: SchemaRef,
-    },
+    Parquet { schema: SchemaRef },
+}
+
+/// What a format's survey found, before it becomes a [`Survey`].
+struct Found {
+    rows: u64,
+    columns: Vec<String>,
+    detail: Detail,
 }
 
 /// Streams the whole input once and checks that it parses, that every row
 /// has a string value in `input_column` (present, not null, a string), and
 /// that neither `output_column` nor [`error_column`]`(output_column)` already
 /// exist. Never modifies the input.
-pub fn survey(
-    path: &Path,
-    input_column: &str,
-    output_column: &str,
-) -> Result<Survey, DatasetError> {
+pub fn survey(path: &Path, input_column: &str, output_column: &str) -> Result<Survey, DatasetError> {
     let format = Format::from_path(path)?;
-    let error_col = error_column(output_column);
-    let check_new = |column: &str| -> Result<(), DatasetError> {
-        if column == output_column || column == error_col {
-            Err(DatasetError::OutputColumnExists {
-                path: path.to_path_buf(),
-                column: column.to_string(),
-            })
-        } else {
-            Ok(())
-        }
+    let new = NewColumns { path, output: output_column, error: error_column(output_column) };
+    let Found { rows, columns, detail } = match format {
+        Format::Jsonl => survey_jsonl(path, input_column, &new)?,
+        Format::Csv => survey_csv(path, input_column, &new)?,
+        Format::Parquet => survey_parquet(path, input_column, &new)?,
     };
-    let survey = match format {
-        Format::Jsonl => {
-            let mut lines = jsonl::JsonLines::open(path)?;
-            let mut columns: Vec<String> = Vec::new();
-            let mut types: Vec<DataType> = Vec::new();
-            let mut index: HashMap<String, usize> = HashMap::new();
-            let mut rows = 0;
-            while let Some(row) = lines.next_row()? {
-                jsonl::input_of(path, &row, input_column)?;
-                for (key, value) in &row.object {
-                    match index.get(key) {
-                        Some(&i) => infer::absorb(&mut types[i], value),
-                        None => {
-                            check_new(key)?;
-                            index.insert(key.clone(), columns.len());
-                            columns.push(key.clone());
-                            types.push(infer::infer(value));
-                        }
-                    }
-                }
-                rows = row.row;
-            }
-            let types = types.into_iter().map(infer::finalize).collect();
-            Survey {
-                format,
-                rows,
-                columns,
-                path: path.to_path_buf(),
-                detail: Detail::Jsonl { types },
-            }
-        }
-        Format::Csv => {
-            let mut records = text_csv::CsvRecords::open(path)?;
-            let columns = records.headers.clone();
-            let mut seen = HashSet::new();
-            for column in &columns {
-                if !seen.insert(column.as_str()) {
-                    return Err(DatasetError::DuplicateColumn {
-                        path: path.to_path_buf(),
-                        column: column.clone(),
-                    });
-                }
-            }
-            let input = records.column_index(input_column)?;
-            for column in &columns {
-                check_new(column)?;
-            }
-            let mut rows = 0;
-            while let Some(record) = records.next_record()? {
-                text_csv::input_of(path, &record, input, input_column)?;
-                rows = record.row;
-            }
-            Survey {
-                format,
-                rows,
-                columns,
-                path: path.to_path_buf(),
-                detail: Detail::Csv,
-            }
-        }
-        Format::Parquet => {
-            let builder = parquet_io::open(path)?;
-            let schema = builder.schema().clone();
-            let input = parquet_io::input_index(path, &schema, input_column)?;
-            let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-            for column in &columns {
-                check_new(column)?;
-            }
-            // Only the input column needs reading.
-            let mask = ProjectionMask::roots(builder.parquet_schema(), [input]);
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(8192)
-                .build()
-                .map_err(|source| DatasetError::Parquet {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            let mut rows: u64 = 0;
-            for batch in reader {
-                let batch = batch.map_err(|source| DatasetError::Arrow {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                parquet_io::check_no_nulls(path, input_column, batch.column(0).as_ref(), rows)?;
-                rows += batch.num_rows() as u64;
-            }
-            Survey {
-                format,
-                rows,
-                columns,
-                path: path.to_path_buf(),
-                detail: Detail::Parquet { schema },
-            }
-        }
-    };
+    let survey = Survey { format, rows, columns, path: path.to_path_buf(), detail };
     tracing::debug!(
         path = %path.display(),
         format = ?survey.format,
@@ -149,4 +60,119 @@ pub fn survey(
         "surveyed input"
     );
     Ok(survey)
+}
+
+/// The two columns the output adds, which no input column may be named.
+struct NewColumns<'a> {
+    path: &'a Path,
+    output: &'a str,
+    error: String,
+}
+
+impl NewColumns<'_> {
+    /// Errors if input column `column` is one of the two.
+    fn check(&self, column: &str) -> Result<(), DatasetError> {
+        if column == self.output || column == self.error {
+            return Err(DatasetError::OutputColumnExists { path: self.path.to_path_buf(), column: column.to_string() });
+        }
+        Ok(())
+    }
+}
+
+/// JSONL: the columns are the union of the rows' keys, and their types are
+/// inferred from every value, since a later row may widen them.
+fn survey_jsonl(path: &Path, input_column: &str, new: &NewColumns) -> Result<Found, DatasetError> {
+    let mut lines = jsonl::JsonLines::open(path)?;
+    let mut keys = KeyUnion::default();
+    let mut rows = 0;
+    while let Some(row) = lines.next_row()? {
+        jsonl::input_of(path, &row, input_column)?;
+        keys.add(&row.object, new)?;
+        rows = row.row;
+    }
+    let types = keys.types.into_iter().map(infer::finalize).collect();
+    Ok(Found { rows, columns: keys.columns, detail: Detail::Jsonl { types } })
+}
+
+/// The keys of JSONL rows in first-seen order, each with the type inferred
+/// so far.
+#[derive(Default)]
+struct KeyUnion {
+    columns: Vec<String>,
+    /// Aligned with `columns`.
+    types: Vec<DataType>,
+    /// Where each key is in `columns`.
+    index: HashMap<String, usize>,
+}
+
+impl KeyUnion {
+    /// Adds `object`'s keys and widens their types to hold its values; a new
+    /// key must not be one of the output's columns.
+    fn add(&mut self, object: &Map<String, Value>, new: &NewColumns) -> Result<(), DatasetError> {
+        for (key, value) in object {
+            match self.index.get(key) {
+                Some(&i) => infer::absorb(&mut self.types[i], value),
+                None => {
+                    new.check(key)?;
+                    self.index.insert(key.clone(), self.columns.len());
+                    self.columns.push(key.clone());
+                    self.types.push(infer::infer(value));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// CSV: the header gives the columns, which must be unique, since JSONL and
+/// Parquet outputs could not tell two of the same name apart.
+fn survey_csv(path: &Path, input_column: &str, new: &NewColumns) -> Result<Found, DatasetError> {
+    let mut records = text_csv::CsvRecords::open(path)?;
+    let columns = records.headers.clone();
+    let mut seen = HashSet::new();
+    if let Some(column) = columns.iter().find(|c| !seen.insert(c.as_str())) {
+        return Err(DatasetError::DuplicateColumn { path: path.to_path_buf(), column: column.clone() });
+    }
+    let input = records.column_index(input_column)?;
+    columns.iter().try_for_each(|c| new.check(c))?;
+    let mut rows = 0;
+    while let Some(record) = records.next_record()? {
+        text_csv::input_of(path, &record, input, input_column)?;
+        rows = record.row;
+    }
+    Ok(Found { rows, columns, detail: Detail::Csv })
+}
+
+/// Parquet: the schema gives the columns; only the input column is read.
+fn survey_parquet(path: &Path, input_column: &str, new: &NewColumns) -> Result<Found, DatasetError> {
+    let builder = parquet_io::open(path)?;
+    let schema = builder.schema().clone();
+    let input = parquet_io::input_index(path, &schema, input_column)?;
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    columns.iter().try_for_each(|c| new.check(c))?;
+    let rows = count_parquet_rows(path, builder, input, input_column)?;
+    Ok(Found { rows, columns, detail: Detail::Parquet { schema } })
+}
+
+/// The number of rows, reading only the input column (top-level column
+/// `input`) and checking that it holds no null.
+fn count_parquet_rows(
+    path: &Path,
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    input: usize,
+    input_column: &str,
+) -> Result<u64, DatasetError> {
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [input]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(PARQUET_BATCH)
+        .build()
+        .map_err(|source| DatasetError::Parquet { path: path.to_path_buf(), source })?;
+    let mut rows: u64 = 0;
+    for batch in reader {
+        let batch = batch.map_err(|source| DatasetError::Arrow { path: path.to_path_buf(), source })?;
+        parquet_io::check_no_nulls(path, input_column, batch.column(0).as_ref(), rows)?;
+        rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
 }

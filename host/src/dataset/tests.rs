@@ -5,8 +5,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{
-    ArrayRef, Float64Array, Int64Array, LargeStringArray, ListArray, RecordBatch, StringArray,
-    StringViewArray,
+    ArrayRef, Float64Array, Int64Array, LargeStringArray, ListArray, RecordBatch, StringArray, StringViewArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -26,8 +25,7 @@ fn write_text(dir: &Path, name: &str, content: &str) -> PathBuf {
 
 fn write_parquet(dir: &Path, name: &str, batch: &RecordBatch) -> PathBuf {
     let path = dir.join(name);
-    let mut writer =
-        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    let mut writer = ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
     writer.write(batch).unwrap();
     writer.close().unwrap();
     path
@@ -37,13 +35,7 @@ fn write_parquet(dir: &Path, name: &str, batch: &RecordBatch) -> PathBuf {
 fn fake_model(inputs: &[String]) -> Vec<Result<String, String>> {
     inputs
         .iter()
-        .map(|s| {
-            if s.contains("FAIL") {
-                Err(format!("failed: {s}"))
-            } else {
-                Ok(format!("out:{s}"))
-            }
-        })
+        .map(|s| if s.contains("FAIL") { Err(format!("failed: {s}")) } else { Ok(format!("out:{s}")) })
         .collect()
 }
 
@@ -69,11 +61,7 @@ fn run(
 fn read_parquet(path: &Path) -> (SchemaRef, Vec<RecordBatch>) {
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
     let schema = builder.schema().clone();
-    let batches = builder
-        .build()
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let batches = builder.build().unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     (schema, batches)
 }
 
@@ -89,11 +77,7 @@ fn read_rows(path: &Path) -> Vec<Map<String, Value>> {
                 .records()
                 .map(|r| {
                     let r = r.unwrap();
-                    headers
-                        .iter()
-                        .zip(r.iter())
-                        .map(|(h, c)| (h.to_string(), Value::from(c)))
-                        .collect()
+                    headers.iter().zip(r.iter()).map(|(h, c)| (h.to_string(), Value::from(c))).collect()
                 })
                 .collect();
         }
@@ -123,12 +107,7 @@ fn keys(row: &Map<String, Value>) -> Vec<&str> {
 
 fn csv_header(path: &Path) -> Vec<String> {
     let mut reader = csv::Reader::from_path(path).unwrap();
-    reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect()
+    reader.headers().unwrap().iter().map(str::to_string).collect()
 }
 
 /// Asserts the error message is `<path>: <rest>`.
@@ -170,10 +149,7 @@ fn parquet_batch() -> RecordBatch {
         Field::new("prompt", DataType::Utf8, true),
         Field::new("score", DataType::Float64, true),
     ])
-    .with_metadata(std::collections::HashMap::from([(
-        "origin".to_string(),
-        "test".to_string(),
-    )]));
+    .with_metadata(std::collections::HashMap::from([("origin".to_string(), "test".to_string())]));
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
@@ -203,30 +179,16 @@ fn expected_csv_output(input: &str) -> (Value, Value) {
 
 #[test]
 fn format_from_path() {
-    assert_eq!(
-        Format::from_path(Path::new("a.jsonl")).unwrap(),
-        Format::Jsonl
-    );
-    assert_eq!(
-        Format::from_path(Path::new("a.NDJSON")).unwrap(),
-        Format::Jsonl
-    );
-    assert_eq!(
-        Format::from_path(Path::new("dir.x/a.CsV")).unwrap(),
-        Format::Csv
-    );
-    assert_eq!(
-        Format::from_path(Path::new("a.Parquet")).unwrap(),
-        Format::Parquet
-    );
+    assert_eq!(Format::from_path(Path::new("a.jsonl")).unwrap(), Format::Jsonl);
+    assert_eq!(Format::from_path(Path::new("a.NDJSON")).unwrap(), Format::Jsonl);
+    assert_eq!(Format::from_path(Path::new("dir.x/a.CsV")).unwrap(), Format::Csv);
+    assert_eq!(Format::from_path(Path::new("a.Parquet")).unwrap(), Format::Parquet);
     for bad in ["a.json", "a", "a.csv.gz", "jsonl"] {
         let err = Format::from_path(Path::new(bad)).unwrap_err();
         assert!(matches!(err, DatasetError::UnsupportedFormat { .. }));
         assert_eq!(
             err.to_string(),
-            format!(
-                "{bad}: unsupported file extension (expected .jsonl, .ndjson, .csv or .parquet)"
-            )
+            format!("{bad}: unsupported file extension (expected .jsonl, .ndjson, .csv or .parquet)")
         );
     }
     assert_eq!(error_column("answer"), "answer_error");
@@ -257,11 +219,8 @@ fn jsonl_to_jsonl() {
     let output = dir.path().join("out.jsonl");
     run(&input, &output, "prompt", "answer", 2).unwrap();
     let rows = read_rows(&output);
-    let inputs: Vec<Map<String, Value>> = JSONL
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let inputs: Vec<Map<String, Value>> =
+        JSONL.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 3);
     for (row, mut expected) in rows.iter().zip(inputs) {
         let prompt = expected["prompt"].as_str().unwrap().to_string();
@@ -272,10 +231,7 @@ fn jsonl_to_jsonl() {
         // Each object as read (its own keys, in order), then the two columns.
         assert_eq!(keys(row), keys(&expected));
     }
-    assert_eq!(
-        keys(&rows[1]),
-        ["id", "prompt", "extra", "answer", "answer_error"]
-    );
+    assert_eq!(keys(&rows[1]), ["id", "prompt", "extra", "answer", "answer_error"]);
 }
 
 #[test]
@@ -285,18 +241,7 @@ fn jsonl_to_csv() {
     let output = dir.path().join("out.csv");
     run(&input, &output, "prompt", "answer", 1000).unwrap();
     // Union of the keys in first-seen order.
-    assert_eq!(
-        csv_header(&output),
-        [
-            "id",
-            "prompt",
-            "tags",
-            "meta",
-            "extra",
-            "answer",
-            "answer_error"
-        ]
-    );
+    assert_eq!(csv_header(&output), ["id", "prompt", "tags", "meta", "extra", "answer", "answer_error"]);
     let rows = read_rows(&output);
     let expected = [
         json!({"id": "1", "prompt": "hello", "tags": "[\"a\",\"b\"]", "meta": "{\"k\":\"v\"}", "extra": "",
@@ -320,23 +265,10 @@ fn jsonl_to_parquet() {
     run(&input, &output, "prompt", "answer", 2).unwrap();
     let (schema, _) = read_parquet(&output);
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "id",
-            "prompt",
-            "tags",
-            "meta",
-            "extra",
-            "answer",
-            "answer_error"
-        ]
-    );
+    assert_eq!(names, ["id", "prompt", "tags", "meta", "extra", "answer", "answer_error"]);
     assert_eq!(schema.field(0).data_type(), &DataType::Float64); // 1, 2 and 3.5
     assert_eq!(schema.field(1).data_type(), &DataType::Utf8);
-    assert!(
-        matches!(schema.field(2).data_type(), DataType::List(f) if f.data_type() == &DataType::Utf8)
-    );
+    assert!(matches!(schema.field(2).data_type(), DataType::List(f) if f.data_type() == &DataType::Utf8));
     assert!(matches!(schema.field(3).data_type(), DataType::Struct(_)));
     assert_eq!(schema.field(4).data_type(), &DataType::Boolean);
     assert!(!schema.field(5).is_nullable());
@@ -416,10 +348,7 @@ fn csv_to_csv_round_trips_exactly() {
     let input = write_text(dir.path(), "in.csv", CSV);
     let output = dir.path().join("out.csv");
     run(&input, &output, "prompt", "answer", 3).unwrap();
-    assert_eq!(
-        csv_header(&output),
-        ["id", "prompt", "note", "answer", "answer_error"]
-    );
+    assert_eq!(csv_header(&output), ["id", "prompt", "note", "answer", "answer_error"]);
     let mut reader = csv::Reader::from_path(&output).unwrap();
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len(), 4);
@@ -458,11 +387,8 @@ fn csv_to_parquet() {
     let output = dir.path().join("out.parquet");
     run(&input, &output, "prompt", "answer", 2).unwrap();
     let (schema, _) = read_parquet(&output);
-    let fields: Vec<(&str, &DataType, bool)> = schema
-        .fields()
-        .iter()
-        .map(|f| (f.name().as_str(), f.data_type(), f.is_nullable()))
-        .collect();
+    let fields: Vec<(&str, &DataType, bool)> =
+        schema.fields().iter().map(|f| (f.name().as_str(), f.data_type(), f.is_nullable())).collect();
     assert_eq!(
         fields,
         [
@@ -511,40 +437,19 @@ fn parquet_to_parquet_keeps_schema_and_arrays() {
     assert_eq!(s.rows, 3);
     assert_eq!(s.columns, ["id", "prompt", "score"]);
     let (schema, batches) = read_parquet(&output);
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("answer", DataType::Utf8, false));
     fields.push(Field::new("answer_error", DataType::Utf8, true));
-    assert_eq!(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect::<Vec<_>>(),
-        fields
-    );
-    assert_eq!(
-        schema.metadata().get("origin").map(String::as_str),
-        Some("test")
-    );
+    assert_eq!(schema.fields().iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>(), fields);
+    assert_eq!(schema.metadata().get("origin").map(String::as_str), Some("test"));
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(total, 3);
     let all = concat_columns(&batches);
     for (c, column) in all.iter().enumerate().take(3) {
         assert_eq!(column.as_ref(), batch.column(c).as_ref(), "column {c}");
     }
-    assert_eq!(
-        all[3].as_string::<i32>().iter().collect::<Vec<_>>(),
-        [Some("out:a, \"b\"\nc"), Some(""), Some("out:")]
-    );
-    assert_eq!(
-        all[4].as_string::<i32>().iter().collect::<Vec<_>>(),
-        [None, Some("failed: ü 🎉 FAIL"), None]
-    );
+    assert_eq!(all[3].as_string::<i32>().iter().collect::<Vec<_>>(), [Some("out:a, \"b\"\nc"), Some(""), Some("out:")]);
+    assert_eq!(all[4].as_string::<i32>().iter().collect::<Vec<_>>(), [None, Some("failed: ü 🎉 FAIL"), None]);
 }
 
 /// Concatenates the columns of `batches` (all-string/int/float test data).
@@ -555,22 +460,15 @@ fn concat_columns(batches: &[RecordBatch]) -> Vec<ArrayRef> {
             let data_type = batches[0].column(c).data_type().clone();
             let parts = batches.iter().map(|b| b.column(c).clone());
             match data_type {
-                DataType::Int64 => {
-                    Arc::new(Int64Array::from_iter(parts.flat_map(|a| {
-                        a.as_primitive::<Int64Type>().iter().collect::<Vec<_>>()
-                    }))) as ArrayRef
-                }
-                DataType::Float64 => Arc::new(Float64Array::from_iter(parts.flat_map(|a| {
-                    a.as_primitive::<arrow_array::types::Float64Type>()
-                        .iter()
-                        .collect::<Vec<_>>()
-                }))),
-                DataType::Utf8 => Arc::new(StringArray::from_iter(parts.flat_map(|a| {
-                    a.as_string::<i32>()
-                        .iter()
-                        .map(|s| s.map(str::to_string))
-                        .collect::<Vec<_>>()
-                }))),
+                DataType::Int64 => Arc::new(Int64Array::from_iter(
+                    parts.flat_map(|a| a.as_primitive::<Int64Type>().iter().collect::<Vec<_>>()),
+                )) as ArrayRef,
+                DataType::Float64 => Arc::new(Float64Array::from_iter(
+                    parts.flat_map(|a| a.as_primitive::<arrow_array::types::Float64Type>().iter().collect::<Vec<_>>()),
+                )),
+                DataType::Utf8 => Arc::new(StringArray::from_iter(
+                    parts.flat_map(|a| a.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect::<Vec<_>>()),
+                )),
                 other => panic!("unexpected type {other}"),
             }
         })
@@ -602,10 +500,7 @@ fn parquet_to_csv() {
     let input = write_parquet(dir.path(), "in.parquet", &parquet_batch());
     let output = dir.path().join("out.csv");
     run(&input, &output, "prompt", "answer", 1000).unwrap();
-    assert_eq!(
-        csv_header(&output),
-        ["id", "prompt", "score", "answer", "answer_error"]
-    );
+    assert_eq!(csv_header(&output), ["id", "prompt", "score", "answer", "answer_error"]);
     let rows = read_rows(&output);
     let expected = [
         json!({"id": "10", "prompt": "a, \"b\"\nc", "score": "0.5", "answer": "out:a, \"b\"\nc", "answer_error": ""}),
@@ -622,14 +517,8 @@ fn parquet_to_csv() {
 fn parquet_large_utf8_and_utf8_view_inputs() {
     let dir = TempDir::new().unwrap();
     let arrays: [(ArrayRef, &str); 2] = [
-        (
-            Arc::new(LargeStringArray::from(vec!["x", "y FAIL"])),
-            "large.parquet",
-        ),
-        (
-            Arc::new(StringViewArray::from(vec!["x", "y FAIL"])),
-            "view.parquet",
-        ),
+        (Arc::new(LargeStringArray::from(vec!["x", "y FAIL"])), "large.parquet"),
+        (Arc::new(StringViewArray::from(vec!["x", "y FAIL"])), "view.parquet"),
     ];
     for (array, name) in arrays {
         let batch = RecordBatch::try_from_iter([("prompt", array)]).unwrap();
@@ -652,10 +541,7 @@ fn parquet_nested_column_to_csv_is_an_error() {
     let dir = TempDir::new().unwrap();
     let list = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(vec![Some(1)]), None]);
     let batch = RecordBatch::try_from_iter([
-        (
-            "prompt",
-            Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
-        ),
+        ("prompt", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
         ("nums", Arc::new(list) as ArrayRef),
     ])
     .unwrap();
@@ -664,29 +550,16 @@ fn parquet_nested_column_to_csv_is_an_error() {
     let s = survey(&input, "prompt", "answer").unwrap();
     let err = Writer::create(&output, &s, "answer").err().unwrap();
     assert!(matches!(err, DatasetError::CsvUnsupportedType { ref column, .. } if column == "nums"));
-    assert!(err.to_string().starts_with(&format!(
-        "{}: column \"nums\" has type List(",
-        output.display()
-    )));
+    assert!(err.to_string().starts_with(&format!("{}: column \"nums\" has type List(", output.display())));
     assert!(err.to_string().ends_with("which CSV cannot hold"));
     assert!(!output.exists());
     // JSONL and Parquet can hold it.
     run(&input, &dir.path().join("out.jsonl"), "prompt", "answer", 1).unwrap();
     let rows = read_rows(&dir.path().join("out.jsonl"));
     assert_eq!(rows[0]["nums"], json!([1]));
-    run(
-        &input,
-        &dir.path().join("out.parquet"),
-        "prompt",
-        "answer",
-        1,
-    )
-    .unwrap();
+    run(&input, &dir.path().join("out.parquet"), "prompt", "answer", 1).unwrap();
     let (schema, _) = read_parquet(&dir.path().join("out.parquet"));
-    assert_eq!(
-        schema.field(1).data_type(),
-        batch.schema().field(1).data_type()
-    );
+    assert_eq!(schema.field(1).data_type(), batch.schema().field(1).data_type());
 }
 
 #[test]
@@ -696,14 +569,8 @@ fn parquet_many_rows_and_batches() {
     let n = 20_000;
     let prompts: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
     let batch = RecordBatch::try_from_iter([
-        (
-            "n",
-            Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef,
-        ),
-        (
-            "prompt",
-            Arc::new(StringArray::from_iter_values(&prompts)) as ArrayRef,
-        ),
+        ("n", Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef),
+        ("prompt", Arc::new(StringArray::from_iter_values(&prompts)) as ArrayRef),
     ])
     .unwrap();
     let input = write_parquet(dir.path(), "in.parquet", &batch);
@@ -810,10 +677,8 @@ fn writer_leaves_nothing_before_finish() {
         assert_eq!(read_rows(&output).len(), 3);
     }
     // Only the input and the three outputs: no temporary file left behind.
-    let mut names: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["in.jsonl", "out.csv", "out.jsonl", "out.parquet"]);
 }
@@ -862,19 +727,8 @@ fn wrong_number_of_outputs() {
     let chunk = reader.next_chunk(2).unwrap().unwrap();
     assert_eq!(chunk.first_row, 1);
     let err = writer.write_chunk(chunk, &[Ok("x".into())]).unwrap_err();
-    assert!(matches!(
-        err,
-        DatasetError::OutputCount {
-            expected: 2,
-            got: 1,
-            ..
-        }
-    ));
-    assert_message(
-        &err,
-        &output,
-        "got 1 outputs for a chunk of 2 rows starting at row 2",
-    );
+    assert!(matches!(err, DatasetError::OutputCount { expected: 2, got: 1, .. }));
+    assert_message(&err, &output, "got 1 outputs for a chunk of 2 rows starting at row 2");
 }
 
 #[test]
@@ -928,33 +782,14 @@ fn empty_inputs_give_valid_outputs() {
 #[test]
 fn jsonl_invalid_json_names_row_and_line() {
     let dir = TempDir::new().unwrap();
-    let input = write_text(
-        dir.path(),
-        "data.jsonl",
-        "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\noops\n",
-    );
+    let input = write_text(dir.path(), "data.jsonl", "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\noops\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert!(matches!(
-        err,
-        DatasetError::InvalidJson {
-            row: 3,
-            line: 4,
-            ..
-        }
-    ));
-    assert_message(
-        &err,
-        &input,
-        "row 3 (line 4): not valid JSON: expected value at column 1",
-    );
+    assert!(matches!(err, DatasetError::InvalidJson { row: 3, line: 4, .. }));
+    assert_message(&err, &input, "row 3 (line 4): not valid JSON: expected value at column 1");
 
     let input = write_text(dir.path(), "trunc.jsonl", "{\"prompt\": \"a\"");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 1 (line 1): not valid JSON: EOF while parsing an object at column 14",
-    );
+    assert_message(&err, &input, "row 1 (line 1): not valid JSON: EOF while parsing an object at column 14");
 }
 
 #[test]
@@ -962,47 +797,23 @@ fn jsonl_non_object_is_an_error() {
     let dir = TempDir::new().unwrap();
     let input = write_text(dir.path(), "data.jsonl", "{\"prompt\": \"a\"}\n[1, 2]\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 2 (line 2): is an array, expected a JSON object",
-    );
+    assert_message(&err, &input, "row 2 (line 2): is an array, expected a JSON object");
 }
 
 #[test]
 fn jsonl_input_not_a_string() {
     let dir = TempDir::new().unwrap();
-    let input = write_text(
-        dir.path(),
-        "data.jsonl",
-        "{\"prompt\": \"a\"}\n{\"prompt\": 5}\n",
-    );
+    let input = write_text(dir.path(), "data.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": 5}\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 2 (line 2): input column \"prompt\" is a number, expected a string",
-    );
+    assert_message(&err, &input, "row 2 (line 2): input column \"prompt\" is a number, expected a string");
 
     let input = write_text(dir.path(), "null.jsonl", "\n{\"prompt\": null}\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 1 (line 2): input column \"prompt\" is null, expected a string",
-    );
+    assert_message(&err, &input, "row 1 (line 2): input column \"prompt\" is null, expected a string");
 
-    let input = write_text(
-        dir.path(),
-        "missing.jsonl",
-        "{\"prompt\": \"a\"}\n{\"other\": \"x\"}\n",
-    );
+    let input = write_text(dir.path(), "missing.jsonl", "{\"prompt\": \"a\"}\n{\"other\": \"x\"}\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 2 (line 2): has no value for input column \"prompt\"",
-    );
+    assert_message(&err, &input, "row 2 (line 2): has no value for input column \"prompt\"");
 }
 
 /// A JSONL survey that skipped validation (as if the file changed after it).
@@ -1019,56 +830,24 @@ fn unchecked_jsonl_survey() -> Survey {
 #[test]
 fn reader_checks_inputs_too() {
     let dir = TempDir::new().unwrap();
-    let input = write_text(
-        dir.path(),
-        "data.jsonl",
-        "{\"prompt\": \"a\"}\n{\"prompt\": 5}\n",
-    );
+    let input = write_text(dir.path(), "data.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": 5}\n");
     let s = unchecked_jsonl_survey();
     let mut reader = Reader::open(&input, &s, "prompt").unwrap();
     let err = reader.next_chunk(10).unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 2 (line 2): input column \"prompt\" is a number, expected a string",
-    );
+    assert_message(&err, &input, "row 2 (line 2): input column \"prompt\" is a number, expected a string");
 }
 
 #[test]
 fn csv_record_length_names_row_and_line() {
     let dir = TempDir::new().unwrap();
-    let input = write_text(
-        dir.path(),
-        "data.csv",
-        "a,prompt,c\n1,x,y\n2,\"multi\nline\",z\n3,short\n",
-    );
+    let input = write_text(dir.path(), "data.csv", "a,prompt,c\n1,x,y\n2,\"multi\nline\",z\n3,short\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DatasetError::FieldCount {
-                row: 3,
-                line: 5,
-                expected: 3,
-                found: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_message(
-        &err,
-        &input,
-        "row 3 (line 5): has 2 fields, expected 3 (one per header column)",
-    );
+    assert!(matches!(err, DatasetError::FieldCount { row: 3, line: 5, expected: 3, found: 2, .. }), "{err:?}");
+    assert_message(&err, &input, "row 3 (line 5): has 2 fields, expected 3 (one per header column)");
 
     let input = write_text(dir.path(), "long.csv", "\u{feff}a,prompt\n1,x,extra\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 1 (line 2): has 3 fields, expected 2 (one per header column)",
-    );
+    assert_message(&err, &input, "row 1 (line 2): has 3 fields, expected 2 (one per header column)");
 }
 
 #[test]
@@ -1077,11 +856,7 @@ fn csv_invalid_utf8_names_row_line_and_column() {
     let input = dir.path().join("data.csv");
     fs::write(&input, b"a,prompt\n1,x\n2,\xff\xfe\n").unwrap();
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 2 (line 3): column \"prompt\" is not valid UTF-8",
-    );
+    assert_message(&err, &input, "row 2 (line 3): column \"prompt\" is not valid UTF-8");
 }
 
 #[test]
@@ -1089,19 +864,11 @@ fn csv_missing_and_duplicate_columns() {
     let dir = TempDir::new().unwrap();
     let input = write_text(dir.path(), "data.csv", "a,b,c\n1,2,3\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "input column \"prompt\" not found; columns are: a, b, c",
-    );
+    assert_message(&err, &input, "input column \"prompt\" not found; columns are: a, b, c");
 
     let input = write_text(dir.path(), "dup.csv", "a,prompt,a\n1,2,3\n");
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "column \"a\" appears more than once in the header",
-    );
+    assert_message(&err, &input, "column \"a\" appears more than once in the header");
 }
 
 #[test]
@@ -1109,32 +876,17 @@ fn parquet_column_errors() {
     let dir = TempDir::new().unwrap();
     let batch = RecordBatch::try_from_iter([
         ("a", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
-        (
-            "b",
-            Arc::new(StringArray::from(vec![Some("x"), None])) as ArrayRef,
-        ),
+        ("b", Arc::new(StringArray::from(vec![Some("x"), None])) as ArrayRef),
         ("c", Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef),
     ])
     .unwrap();
     let input = write_parquet(dir.path(), "data.parquet", &batch);
     let err = survey(&input, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "input column \"prompt\" not found; columns are: a, b, c",
-    );
+    assert_message(&err, &input, "input column \"prompt\" not found; columns are: a, b, c");
     let err = survey(&input, "a", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "input column \"a\" has type Int64, expected a string type",
-    );
+    assert_message(&err, &input, "input column \"a\" has type Int64, expected a string type");
     let err = survey(&input, "b", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &input,
-        "row 2: input column \"b\" is null, expected a string",
-    );
+    assert_message(&err, &input, "row 2: input column \"b\" is null, expected a string");
     survey(&input, "c", "answer").unwrap();
 }
 
@@ -1143,31 +895,15 @@ fn output_column_must_be_new() {
     let dir = TempDir::new().unwrap();
     let csv = write_text(dir.path(), "data.csv", "prompt,answer\nx,y\n");
     let err = survey(&csv, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &csv,
-        "output column \"answer\" already exists in the input",
-    );
+    assert_message(&err, &csv, "output column \"answer\" already exists in the input");
 
     let csv = write_text(dir.path(), "data2.csv", "prompt,answer_error\nx,y\n");
     let err = survey(&csv, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &csv,
-        "output column \"answer_error\" already exists in the input",
-    );
+    assert_message(&err, &csv, "output column \"answer_error\" already exists in the input");
 
-    let jsonl = write_text(
-        dir.path(),
-        "data.jsonl",
-        "{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"answer_error\": 1}\n",
-    );
+    let jsonl = write_text(dir.path(), "data.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"answer_error\": 1}\n");
     let err = survey(&jsonl, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &jsonl,
-        "output column \"answer_error\" already exists in the input",
-    );
+    assert_message(&err, &jsonl, "output column \"answer_error\" already exists in the input");
 
     let batch = RecordBatch::try_from_iter([
         ("prompt", Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
@@ -1176,21 +912,13 @@ fn output_column_must_be_new() {
     .unwrap();
     let parquet = write_parquet(dir.path(), "data.parquet", &batch);
     let err = survey(&parquet, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &parquet,
-        "output column \"answer\" already exists in the input",
-    );
+    assert_message(&err, &parquet, "output column \"answer\" already exists in the input");
 
     // Writer::create checks its own output column against the survey.
     let s = survey(&parquet, "prompt", "other").unwrap();
     let output = dir.path().join("out.jsonl");
     let err = Writer::create(&output, &s, "answer").err().unwrap();
-    assert_message(
-        &err,
-        &parquet,
-        "output column \"answer\" already exists in the input",
-    );
+    assert_message(&err, &parquet, "output column \"answer\" already exists in the input");
     assert!(!output.exists());
 }
 
@@ -1200,19 +928,12 @@ fn io_and_extension_errors() {
     let missing = dir.path().join("missing.jsonl");
     let err = survey(&missing, "prompt", "answer").unwrap_err();
     assert!(matches!(err, DatasetError::Open { .. }));
-    assert!(
-        err.to_string()
-            .starts_with(&format!("{}: cannot open: ", missing.display()))
-    );
+    assert!(err.to_string().starts_with(&format!("{}: cannot open: ", missing.display())));
     assert!(std::error::Error::source(&err).is_some());
 
     let txt = write_text(dir.path(), "data.txt", "x");
     let err = survey(&txt, "prompt", "answer").unwrap_err();
-    assert_message(
-        &err,
-        &txt,
-        "unsupported file extension (expected .jsonl, .ndjson, .csv or .parquet)",
-    );
+    assert_message(&err, &txt, "unsupported file extension (expected .jsonl, .ndjson, .csv or .parquet)");
 
     let input = write_text(dir.path(), "in.jsonl", JSONL);
     let s = survey(&input, "prompt", "answer").unwrap();
@@ -1222,16 +943,10 @@ fn io_and_extension_errors() {
 
     let no_dir = dir.path().join("no/such/dir/out.csv");
     let err = Writer::create(&no_dir, &s, "answer").err().unwrap();
-    assert!(
-        err.to_string()
-            .starts_with(&format!("{}: cannot open: ", no_dir.display()))
-    );
+    assert!(err.to_string().starts_with(&format!("{}: cannot open: ", no_dir.display())));
 
     let not_parquet = write_text(dir.path(), "bad.parquet", "this is not parquet");
     let err = survey(&not_parquet, "prompt", "answer").unwrap_err();
     assert!(matches!(err, DatasetError::Parquet { .. }));
-    assert!(
-        err.to_string()
-            .starts_with(&format!("{}: ", not_parquet.display()))
-    );
+    assert!(err.to_string().starts_with(&format!("{}: ", not_parquet.display())));
 }

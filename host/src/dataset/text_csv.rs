@@ -27,25 +27,14 @@ pub(crate) struct Record {
 
 impl CsvRecords {
     pub fn open(path: &Path) -> Result<CsvRecords, DatasetError> {
-        let file = File::open(path).map_err(|source| DatasetError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(false)
-            .buffer_capacity(64 * 1024)
-            .from_reader(file);
+        let file = File::open(path).map_err(|source| DatasetError::Open { path: path.to_path_buf(), source })?;
+        let mut reader =
+            csv::ReaderBuilder::new().has_headers(true).flexible(false).buffer_capacity(64 * 1024).from_reader(file);
         let headers = match reader.headers() {
             Ok(h) => h.iter().map(str::to_string).collect(),
             Err(e) => return Err(csv_error(path, e, &[])),
         };
-        Ok(CsvRecords {
-            path: path.to_path_buf(),
-            reader,
-            headers,
-            row: 0,
-        })
+        Ok(CsvRecords { path: path.to_path_buf(), reader, headers, row: 0 })
     }
 
     /// The next record; `None` at the end of the file.
@@ -56,11 +45,7 @@ impl CsvRecords {
             Ok(true) => {
                 self.row += 1;
                 let line = record.position().map_or(0, |p| p.line());
-                Ok(Some(Record {
-                    row: self.row,
-                    line,
-                    record,
-                }))
+                Ok(Some(Record { row: self.row, line, record }))
             }
             Err(e) => Err(csv_error(&self.path, e, &self.headers)),
         }
@@ -68,34 +53,22 @@ impl CsvRecords {
 
     /// The index of the input column, or an error listing the columns.
     pub fn column_index(&self, column: &str) -> Result<usize, DatasetError> {
-        self.headers
-            .iter()
-            .position(|h| h == column)
-            .ok_or_else(|| DatasetError::ColumnNotFound {
-                path: self.path.clone(),
-                column: column.to_string(),
-                columns: self.headers.clone(),
-            })
+        self.headers.iter().position(|h| h == column).ok_or_else(|| DatasetError::ColumnNotFound {
+            path: self.path.clone(),
+            column: column.to_string(),
+            columns: self.headers.clone(),
+        })
     }
 }
 
 /// The input cell of a record (always present with strict record lengths).
-pub(crate) fn input_of(
-    path: &Path,
-    record: &Record,
-    index: usize,
-    column: &str,
-) -> Result<String, DatasetError> {
-    record
-        .record
-        .get(index)
-        .map(str::to_string)
-        .ok_or_else(|| DatasetError::MissingInput {
-            path: path.to_path_buf(),
-            row: record.row,
-            line: Some(record.line),
-            column: column.to_string(),
-        })
+pub(crate) fn input_of(path: &Path, record: &Record, index: usize, column: &str) -> Result<String, DatasetError> {
+    record.record.get(index).map(str::to_string).ok_or_else(|| DatasetError::MissingInput {
+        path: path.to_path_buf(),
+        row: record.row,
+        line: Some(record.line),
+        column: column.to_string(),
+    })
 }
 
 /// Maps a `csv` error to one naming the row, line and column. The csv crate
@@ -107,38 +80,19 @@ pub(crate) fn csv_error(path: &Path, error: csv::Error, headers: &[String]) -> D
             csv::ErrorKind::Io(source) => DatasetError::Read { path, source },
             _ => unreachable!(),
         },
-        csv::ErrorKind::UnequalLengths {
-            pos: Some(pos),
-            expected_len,
-            len,
-        } => DatasetError::FieldCount {
-            path,
-            row: pos.record(),
-            line: pos.line(),
-            expected: *expected_len,
-            found: *len,
-        },
-        csv::ErrorKind::Utf8 {
-            pos: Some(pos),
-            err,
-        } => DatasetError::InvalidUtf8 {
+        csv::ErrorKind::UnequalLengths { pos: Some(pos), expected_len, len } => {
+            DatasetError::FieldCount { path, row: pos.record(), line: pos.line(), expected: *expected_len, found: *len }
+        }
+        csv::ErrorKind::Utf8 { pos: Some(pos), err } => DatasetError::InvalidUtf8 {
             path,
             row: pos.record(),
             line: pos.line(),
             column: if pos.record() == 0 {
                 None
             } else {
-                Some(
-                    headers
-                        .get(err.field())
-                        .cloned()
-                        .unwrap_or_else(|| format!("#{}", err.field() + 1)),
-                )
+                Some(headers.get(err.field()).cloned().unwrap_or_else(|| format!("#{}", err.field() + 1)))
             },
         },
-        _ => DatasetError::Csv {
-            path,
-            source: error,
-        },
+        _ => DatasetError::Csv { path, source: error },
     }
 }
