@@ -113,13 +113,14 @@ fn test() -> Result<(), String> {
 /// (rustc's included, so missing docs on the library's public API too), on
 /// the workspace and on the two components, which live outside it.
 fn style() -> Result<(), String> {
-    let manifests = ["Cargo.toml", "guest/Cargo.toml", "tests/hostile/Cargo.toml"];
-    for manifest in manifests {
+    let components = ["guest/Cargo.toml", "tests/hostile/Cargo.toml"];
+    run(cargo().args(["fmt", "--all", "--check"])).map_err(|e| format!("{e}: run `cargo fmt --all`"))?;
+    for manifest in components {
         run(cargo().args(["fmt", "--check", "--manifest-path", manifest]))
             .map_err(|e| format!("{e}: run `cargo fmt --manifest-path {manifest}`"))?;
     }
     run(cargo().args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    for component in &manifests[1..] {
+    for component in components {
         run(cargo().args([
             "clippy",
             "--locked",
