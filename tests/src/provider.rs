@@ -373,7 +373,7 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
             if let Some((n, reset)) = shared.options.exhaust_every {
                 let generated =
                     reply.status == 200 && request.method == "POST" && request.path == "/v1/chat/completions";
-                if generated && (shared.successes.fetch_add(1, Ordering::SeqCst) + 1) % n as usize == 0 {
+                if generated && (shared.successes.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(n as usize) {
                     reply.exhaust_requests(reset);
                 }
             }
