@@ -76,6 +76,11 @@ pub struct WorkParams {
     pub top_p: f64,
     /// Upper bound on generated tokens per row.
     pub max_tokens: u32,
+    /// The SHA-256 of the component, for a component given with
+    /// `--component`: what an untrusted plugin saved is never reused by a run
+    /// with another component. `None` for the embedded component, whose
+    /// saved work carries over between runs and batchgen versions.
+    pub component: Option<[u8; 32]>,
 }
 
 impl WorkParams {
@@ -97,6 +102,11 @@ impl WorkParams {
         field(&self.top_p.to_bits().to_le_bytes());
         field(&self.max_tokens.to_le_bytes());
         field(input.as_bytes());
+        // Last and only when set, so the embedded component's keys stay
+        // what they always were.
+        if let Some(digest) = &self.component {
+            field(digest);
+        }
         WorkKey(sha.finalize().into())
     }
 }
@@ -342,6 +352,7 @@ mod tests {
             temperature: 0.01,
             top_p: 1.0,
             max_tokens: 1024,
+            component: None,
         }
     }
 
@@ -362,6 +373,7 @@ mod tests {
             WorkParams { temperature: 0.02, ..params() },
             WorkParams { top_p: 0.9, ..params() },
             WorkParams { max_tokens: 1023, ..params() },
+            WorkParams { component: Some([7; 32]), ..params() },
         ];
         for variant in variants {
             assert_ne!(variant.key("hello"), key, "{variant:?}");

@@ -35,6 +35,8 @@ pub struct Summary {
     pub rate_limit_cuts: u64,
     /// The lowest concurrency limit of the run.
     pub lowest_concurrency: usize,
+    /// Requests the component made to destinations the run does not allow.
+    pub denied_requests: u64,
     /// Wall-clock time since the run started; seconds in the JSON.
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,

@@ -9,7 +9,8 @@
 //! may reach and never holds a key.
 
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// Header names a guest may never set: credentials are the host's to add.
 pub const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
@@ -127,6 +128,36 @@ impl Allowlist {
     }
 }
 
+/// Destinations whose denials are counted one by one; the rest share one
+/// count, so a component knocking on endless hosts cannot grow the tally.
+const TRACKED_DESTINATIONS: usize = 16;
+
+/// Denied requests, counted per destination: a component that knocks on
+/// the same closed door a million times costs one log line, not a million.
+#[derive(Clone, Default)]
+pub struct Denials(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl Denials {
+    /// Counts a denial of `origin`; `true` when it is the first for that
+    /// destination, which the caller reports at once.
+    pub fn count(&self, origin: &Origin) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut key = origin.to_string();
+        if counts.len() >= TRACKED_DESTINATIONS && !counts.contains_key(&key) {
+            key = "other destinations".to_string();
+        }
+        let count = counts.entry(key).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Every destination denied so far, with its count.
+    pub fn tally(&self) -> Vec<(String, u64)> {
+        let counts = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.iter().map(|(destination, count)| (destination.clone(), *count)).collect()
+    }
+}
+
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}://{}:{}", if self.https { "https" } else { "http" }, self.host, self.port)
@@ -189,6 +220,21 @@ mod tests {
         }
         assert_eq!(openai().authorize(&mut request("/v1/chat/completions", &[])), Err(Denied::InvalidUri));
         assert!(Allowlist::default().authorize(&mut request("https://api.openai.com/v1", &[])).is_err());
+    }
+
+    #[test]
+    fn denials_are_counted_per_destination_within_a_bound() {
+        let denials = Denials::default();
+        let origin = |port: u16| Origin { https: false, host: "evil.example".into(), port };
+        assert!(denials.count(&origin(1)));
+        assert!(!denials.count(&origin(1)));
+        for port in 2..100 {
+            denials.count(&origin(port));
+        }
+        let tally = denials.tally();
+        assert_eq!(tally.len(), TRACKED_DESTINATIONS + 1, "{tally:?}");
+        assert!(tally.contains(&("http://evil.example:1".to_string(), 2)));
+        assert!(tally.contains(&("other destinations".to_string(), 100 - 1 - TRACKED_DESTINATIONS as u64)));
     }
 
     #[test]

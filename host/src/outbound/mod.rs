@@ -10,7 +10,7 @@
 mod allowlist;
 mod client;
 
-pub use allowlist::{Allowlist, CREDENTIAL_HEADERS, Denied, Destination, Origin};
+pub use allowlist::{Allowlist, CREDENTIAL_HEADERS, Denials, Denied, Destination, Origin};
 pub use client::{HttpClient, download_client, full_body, http_client};
 
 use crate::pace::Pacer;
@@ -31,6 +31,7 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct Outbound {
     allowlist: Allowlist,
+    denials: Denials,
     client: HttpClient,
     pacer: Arc<Pacer>,
     max_reply_bytes: usize,
@@ -43,6 +44,7 @@ impl Outbound {
     pub fn new(destinations: Vec<Destination>, client: HttpClient, pacer: Arc<Pacer>) -> Outbound {
         Outbound {
             allowlist: Allowlist::new(destinations),
+            denials: Denials::default(),
             client,
             pacer,
             max_reply_bytes: usize::MAX,
@@ -62,6 +64,11 @@ impl Outbound {
     pub fn with_reply_cap(mut self, bytes: usize) -> Outbound {
         self.max_reply_bytes = bytes;
         self
+    }
+
+    /// The requests denied so far, per destination (shared by every clone).
+    pub fn denials(&self) -> Vec<(String, u64)> {
+        self.denials.tally()
     }
 
     /// Hooks that deny every request: for instances that only answer
@@ -93,7 +100,9 @@ impl WasiHttpHooks for Outbound {
         let decision = self.allowlist.authorize(&mut request).map_err(|denied| match denied {
             Denied::InvalidUri => HttpError::HttpRequestUriInvalid,
             Denied::NotAllowed(origin) => {
-                tracing::warn!("denied a request to {origin}: not a configured endpoint");
+                if self.denials.count(&origin) {
+                    tracing::warn!("denied a request to {origin}: not a configured endpoint (counted from now on)");
+                }
                 HttpError::HttpRequestDenied
             }
         });

@@ -13,7 +13,8 @@ use crate::bindings::{
 };
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
-use sandbox::{EpochTicker, GuestLog, Limits};
+use sandbox::{EpochTicker, GuestLog, Limits, StderrTail};
+use sha2::Digest;
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -47,10 +48,22 @@ pub enum PluginError {
     /// world this host provides.
     #[error("the component does not fit the batchgen:plugin world this host provides: {0:#}")]
     Link(wasmtime::Error),
-    /// Instantiating or calling the component trapped (including running
-    /// out of fuel or memory).
-    #[error("the component failed: {0:#}")]
-    Trap(wasmtime::Error),
+    /// Instantiating or calling the component trapped for a reason no limit
+    /// explains; the cause, in one line (the backtrace goes to the log).
+    #[error("the component failed: {0}")]
+    Trap(String),
+    /// The component panicked; its panic message, from its stderr.
+    #[error("the component failed: panicked: {0}")]
+    Panic(String),
+    /// The component's linear memory would have passed `--max-memory`.
+    #[error("the component exceeded --max-memory {0} MiB")]
+    Memory(usize),
+    /// A table of the component would have passed `--max-table-elements`.
+    #[error("the component exceeded --max-table-elements {0}")]
+    Table(usize),
+    /// The component used up its fuel for the call.
+    #[error("the component ran out of fuel (--fuel {0} per call)")]
+    Fuel(u64),
     /// Instantiating or calling the component took longer than the call
     /// deadline (`--call-timeout`).
     #[error("the component did not return within the call deadline of {} s (--call-timeout)", .0.as_secs_f64())]
@@ -69,6 +82,7 @@ pub enum PluginError {
 /// A compiled, pre-linked component, ready to instantiate cheaply.
 pub struct Plugin {
     engine: Engine,
+    digest: [u8; 32],
     pre: BatchPluginPre<State>,
     limits: Limits,
     _ticker: EpochTicker,
@@ -95,7 +109,14 @@ impl Plugin {
         let pre = linker.instantiate_pre(&component).map_err(PluginError::Link)?;
         let pre = BatchPluginPre::new(pre).map_err(PluginError::Link)?;
         let ticker = EpochTicker::start(&engine);
-        Ok(Plugin { engine, pre, limits, _ticker: ticker })
+        let digest = sha2::Sha256::digest(wasm).into();
+        Ok(Plugin { engine, digest, pre, limits, _ticker: ticker })
+    }
+
+    /// The SHA-256 of the component's bytes: what identifies it in saved
+    /// work.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// Reads a component file, e.g. from `--component`.
@@ -109,6 +130,7 @@ impl Plugin {
     /// `outbound`, and `local` serves its `local-model` import.
     pub async fn instantiate(&self, outbound: Outbound, local: LocalModel) -> Result<Session, PluginError> {
         let (stdout, stderr) = GuestLog::pair(self.limits.log_bytes);
+        let stderr_tail = stderr.tail();
         let state = State {
             // Nothing of the host's leaks in: no environment, arguments,
             // directories, sockets or name lookups; output goes to the log.
@@ -123,6 +145,7 @@ impl Plugin {
             table: ResourceTable::new(),
             outbound,
             local,
+            local_requests: self.limits.local_requests,
             limits: self.limits.store_limits(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -134,9 +157,8 @@ impl Plugin {
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel).map_err(PluginError::Engine)?;
         }
-        let call_timeout = self.limits.call_timeout;
-        let instance = within(call_timeout, self.pre.instantiate_async(&mut store)).await?;
-        Ok(Session { store, instance, call_timeout, fuel: self.limits.fuel, rows: 0 })
+        let instance = within(&self.limits, &stderr_tail, self.pre.instantiate_async(&mut store)).await?;
+        Ok(Session { store, instance, limits: self.limits, stderr_tail, rows: 0 })
     }
 }
 
@@ -148,17 +170,53 @@ impl Plugin {
 pub struct Session {
     store: Store<State>,
     instance: BatchPlugin,
-    call_timeout: Duration,
-    fuel: Option<u64>,
+    limits: Limits,
+    /// The last lines the component wrote to stderr: its panic message.
+    stderr_tail: StderrTail,
     rows: u64,
 }
 
-/// Runs a call into the component under the call deadline.
-async fn within<T>(timeout: Duration, call: impl Future<Output = wasmtime::Result<T>>) -> Result<T, PluginError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result.map_err(PluginError::Trap),
-        Err(_) => Err(PluginError::Deadline(timeout)),
+/// Runs a call into the component under the call deadline; a failure is
+/// named by the limit that stopped it.
+async fn within<T>(
+    limits: &Limits,
+    stderr: &StderrTail,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, PluginError> {
+    match tokio::time::timeout(limits.call_timeout, call).await {
+        Ok(result) => result.map_err(|error| failure(error, limits, stderr)),
+        Err(_) => Err(PluginError::Deadline(limits.call_timeout)),
     }
+}
+
+/// What stopped a call, first and in one line: the limit it hit, or the
+/// component's own panic message; the whole error, backtrace included, goes
+/// to the log only.
+fn failure(error: wasmtime::Error, limits: &Limits, stderr: &StderrTail) -> PluginError {
+    tracing::debug!("the component failed: {error:?}");
+    let chain = format!("{error:#}");
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => return PluginError::Fuel(limits.fuel.unwrap_or_default()),
+        // Rust components abort on panic with `unreachable`, after printing
+        // the message.
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            if let Some(message) = stderr.panic_message() {
+                return PluginError::Panic(message);
+            }
+        }
+        _ => {}
+    }
+    if chain.contains("forcing trap when growing memory") {
+        return PluginError::Memory(limits.memory_bytes >> 20);
+    }
+    if chain.contains("forcing trap when growing table") {
+        return PluginError::Table(limits.table_elements);
+    }
+    let cause = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    PluginError::Trap(cause.lines().next().unwrap_or_default().to_string())
 }
 
 impl Session {
@@ -172,7 +230,7 @@ impl Session {
     /// Fuel is per call: a long run must not starve on a budget meant to
     /// stop one runaway call.
     fn refuel(&mut self) -> Result<(), PluginError> {
-        match self.fuel {
+        match self.limits.fuel {
             Some(fuel) => self.store.set_fuel(fuel).map_err(PluginError::Engine),
             None => Ok(()),
         }
@@ -182,7 +240,7 @@ impl Session {
     pub async fn list_models(&mut self) -> Result<Vec<ModelInfo>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(self.call_timeout, exports.call_list_models(&mut self.store)).await
+        within(&self.limits, &self.stderr_tail, exports.call_list_models(&mut self.store)).await
     }
 
     /// The model a `generation_model` value selects, matched as the config's
@@ -190,7 +248,7 @@ impl Session {
     pub async fn find_model(&mut self, generation_model: &str) -> Result<Option<ModelInfo>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(self.call_timeout, exports.call_find_model(&mut self.store, generation_model)).await
+        within(&self.limits, &self.stderr_tail, exports.call_find_model(&mut self.store, generation_model)).await
     }
 
     /// The request `generate_batch` would send for `input` under `config`,
@@ -202,7 +260,7 @@ impl Session {
     ) -> Result<Result<Option<RequestPreview>, String>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(self.call_timeout, exports.call_preview_request(&mut self.store, config, input)).await
+        within(&self.limits, &self.stderr_tail, exports.call_preview_request(&mut self.store, config, input)).await
     }
 
     /// Checks before a run, with one request to the provider, that the
@@ -211,7 +269,7 @@ impl Session {
     pub async fn preflight(&mut self, config: &Config) -> Result<Result<(), RowError>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(self.call_timeout, exports.call_preflight(&mut self.store, config)).await
+        within(&self.limits, &self.stderr_tail, exports.call_preflight(&mut self.store, config)).await
     }
 
     /// Every problem with `config`, each naming its field; empty when the
@@ -219,7 +277,7 @@ impl Session {
     pub async fn check_config(&mut self, config: &Config) -> Result<Vec<ConfigProblem>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(self.call_timeout, exports.call_check_config(&mut self.store, config)).await
+        within(&self.limits, &self.stderr_tail, exports.call_check_config(&mut self.store, config)).await
     }
 
     /// Generates for `inputs`; a component that answers with the wrong number
@@ -232,7 +290,9 @@ impl Session {
         self.refuel()?;
         self.rows += inputs.len() as u64;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        let results = within(self.call_timeout, exports.call_generate_batch(&mut self.store, config, inputs)).await?;
+        let results =
+            within(&self.limits, &self.stderr_tail, exports.call_generate_batch(&mut self.store, config, inputs))
+                .await?;
         if results.len() != inputs.len() {
             return Err(PluginError::WrongCount { expected: inputs.len(), returned: results.len() });
         }
@@ -247,6 +307,8 @@ pub struct State {
     table: ResourceTable,
     outbound: Outbound,
     local: LocalModel,
+    /// Requests one `local-model` call may carry.
+    local_requests: usize,
     limits: StoreLimits,
 }
 
@@ -266,6 +328,6 @@ impl crate::bindings::batchgen::plugin::types::Host for State {}
 
 impl crate::bindings::batchgen::plugin::local_model::Host for State {
     async fn generate(&mut self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
-        self.local.generate(requests).await
+        self.local.generate(requests, self.local_requests).await
     }
 }

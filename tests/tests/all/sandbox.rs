@@ -50,14 +50,18 @@ fn errors(rows: &[Value]) -> Vec<String> {
 #[test]
 fn runaway_components_are_stopped_and_their_rows_fail_in_place() {
     let server = ProviderServer::start();
-    for (behaviour, expected) in
-        [("loop", "call deadline"), ("sleep", "call deadline"), ("memory", "memory"), ("panic", "component failed")]
-    {
+    for (behaviour, expected) in [
+        ("loop", "call deadline"),
+        ("sleep", "call deadline"),
+        ("memory", "exceeded --max-memory 64 MiB"),
+        ("panic", "component failed: panicked: hostile component panics"),
+    ] {
         let (code, stderr, rows) = hostile(&server, behaviour, &["a", "b"], &[]);
         assert_eq!(code, Some(1), "{behaviour}: {stderr}");
         assert_eq!(rows.len(), 2, "{behaviour}: every row keeps its place");
         for error in errors(&rows) {
             assert!(error.starts_with("component: ") && error.contains(expected), "{behaviour}: {error}");
+            assert!(!error.contains('\n'), "one line, the backtrace only in the log: {error}");
         }
     }
 }
@@ -76,7 +80,7 @@ fn fuel_stops_a_busy_component() {
     let server = ProviderServer::start();
     let (code, _, rows) = hostile(&server, "loop", &["a"], &["--fuel", "10000000", "--call-timeout", "600"]);
     assert_eq!(code, Some(1));
-    assert!(errors(&rows)[0].contains("fuel"), "{:?}", errors(&rows));
+    assert!(errors(&rows)[0].contains("ran out of fuel (--fuel 10000000 per call)"), "{:?}", errors(&rows));
 }
 
 #[test]
@@ -172,4 +176,62 @@ fn component_output_goes_to_a_capped_log() {
     assert!(ran.stderr.contains("xxxxxxxx"), "the output reached the log");
     assert!(ran.stderr.contains("log cap"), "the cap was announced");
     assert!(ran.stderr.len() < 256 << 10, "{} bytes of log", ran.stderr.len());
+}
+
+/// The `local-model` import serves an untrusted caller: requests outside the
+/// WIT's ranges, prompts too large for the model's context (refused before
+/// they are tokenized) and calls with more requests than the batch size are
+/// row errors, and the valid request is still answered.
+#[test]
+fn the_local_model_refuses_what_the_contract_does_not_allow() {
+    let server = ProviderServer::start();
+    let (code, stderr, rows) =
+        hostile(&server, "local-bad", &["a", "b", "c", "d"], &["--max-memory", "128", "--call-timeout", "120"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let answers: Vec<&str> = rows.iter().map(|r| r["answer"].as_str().unwrap()).collect();
+    assert!(answers[0].contains("err:RowError::InvalidRequest") && answers[0].contains("cannot fit"), "{answers:?}");
+    assert!(answers[1].contains("err:RowError::InvalidRequest") && answers[1].contains("max_tokens 0"), "{answers:?}");
+    assert!(
+        answers[2].contains("err:RowError::InvalidRequest") && answers[2].contains("temperature 7.5"),
+        "{answers:?}"
+    );
+    assert!(answers[3].starts_with("ok:"), "the valid request is answered: {answers:?}");
+
+    let (code, stderr, rows) =
+        hostile(&server, "local-flood", &["a", "b"], &["--batch-size", "2", "--call-timeout", "120"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for row in &rows {
+        let answer = row["answer"].as_str().unwrap();
+        assert!(answer.contains("err:RowError::InvalidRequest") && answer.contains("at most 2"), "{answer}");
+    }
+}
+
+/// A component's output is marked as its own, line by line, with control
+/// characters escaped: it cannot print a line that passes for the host's.
+#[test]
+fn the_components_output_cannot_forge_a_host_line() {
+    let server = ProviderServer::start();
+    let (code, stderr, _) = hostile(&server, "forge", &["a"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let forged: Vec<&str> = stderr.lines().filter(|line| line.contains("forged")).collect();
+    assert_eq!(forged.len(), 1, "{stderr}");
+    assert!(forged[0].contains("component stderr: 2026-11-30"), "{stderr}");
+    assert!(forged[0].contains("\\u{1b}[31m red") && !stderr.contains("\u{1b}[31m red"), "{stderr}");
+    assert!(stderr.lines().any(|line| line.ends_with("component stderr: first")), "{stderr}");
+}
+
+/// Denied requests cost one log line per destination, however many there
+/// are, and the run ends with their count.
+#[test]
+fn denied_requests_are_counted_not_logged_one_by_one() {
+    let server = ProviderServer::start();
+    let (code, stderr, rows) = hostile(&server, "knock", &["127.0.0.1:9", "127.0.0.1:9"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        rows.iter().all(|row| row["answer"].as_str().unwrap().matches("HttpRequestDenied").count() == 20),
+        "{rows:?}"
+    );
+    let denied: Vec<&str> = stderr.lines().filter(|line| line.contains("denied")).collect();
+    assert_eq!(denied.len(), 2, "the first denial and the count: {stderr}");
+    assert!(denied[1].contains("denied 40 request(s) to http://127.0.0.1:9"), "{stderr}");
 }

@@ -19,6 +19,7 @@ fn default_params() -> WorkParams {
         temperature: 0.01,
         top_p: 1.0,
         max_tokens: 1024,
+        component: None,
     }
 }
 
@@ -206,4 +207,42 @@ fn a_second_run_on_the_same_output_is_refused() {
     assert_eq!(ran.code, Some(2));
     assert!(ran.stderr.contains("in use by another batchgen run"), "{}", ran.stderr);
     assert!(server.requests().is_empty());
+}
+
+/// What a component given with `--component` saved is not reused by a run
+/// with another component: an untrusted plugin cannot poison later runs.
+#[test]
+fn work_saved_by_another_component_is_not_reused() {
+    let server = ProviderServer::start();
+    let (_dir, input, output) = dataset(&numbered_rows(3));
+    let run_with = |component: Option<&str>| {
+        let mut args = vec![
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--generation-model",
+            "gpt-4o-mini",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+        ];
+        if let Some(path) = component {
+            args.extend(["--component", path]);
+        }
+        let ran = cli(&server, &args);
+        assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        read_jsonl(&output).iter().map(|row| row["answer"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    // The hostile component answers without a request: "ok:<input>".
+    let planted = run_with(Some(env!("HOSTILE_COMPONENT")));
+    assert!(planted.iter().all(|answer| answer.starts_with("ok:")), "{planted:?}");
+    assert!(server.requests().is_empty());
+    let honest = run_with(None);
+    assert!(honest.iter().all(|answer| !answer.starts_with("ok:")), "{honest:?}");
+    assert_eq!(server.requests().len(), 3, "every row was generated again");
+    // The same component again finds its own work.
+    assert_eq!(run_with(Some(env!("HOSTILE_COMPONENT"))), planted);
+    assert_eq!(server.requests().len(), 3);
 }

@@ -104,9 +104,28 @@ impl EmbeddedModel {
         &self.identity
     }
 
+    /// The largest prompt (system prompt and input, in bytes) that could fit
+    /// the model's context: anything larger is refused before it is
+    /// tokenized, so an oversized prompt costs nothing.
+    pub fn max_prompt_bytes(&self) -> usize {
+        let context = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).context_length;
+        context.saturating_mul(self.tokenizer.longest_token_bytes)
+    }
+
     /// Generates for every request, one result each, in order. CPU-bound:
     /// call it off the async runtime.
     pub fn generate(&self, requests: &[LocalRequest]) -> Vec<Result<LocalCompletion, RowError>> {
+        self.generate_until(requests, &|| false)
+    }
+
+    /// [`generate`](Self::generate), asking `stop` before every decoding
+    /// pass: once it says so (the call that asked has ended), the rows not
+    /// yet finished fail at once instead of decoding on for nobody.
+    pub fn generate_until(
+        &self,
+        requests: &[LocalRequest],
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<Result<LocalCompletion, RowError>> {
         let mut results: Vec<Option<Result<LocalCompletion, RowError>>> = (0..requests.len()).map(|_| None).collect();
         let model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut prepared = Vec::new();
@@ -123,8 +142,9 @@ impl EmbeddedModel {
                 Err(message) => results[index] = Some(Err(RowError::InvalidRequest(message))),
             }
         }
-        self.decode(&model, requests, &prepared, &mut results);
-        results.into_iter().map(|r| r.expect("every request is answered")).collect()
+        self.decode(&model, requests, &prepared, &mut results, stop);
+        let stopped = || Err(RowError::Timeout("the call ended before this row was decoded; decoding stopped".into()));
+        results.into_iter().map(|r| r.unwrap_or_else(stopped)).collect()
     }
 
     /// Decodes `prompts` with continuous batching: up to `DECODE_BATCH`
@@ -139,6 +159,7 @@ impl EmbeddedModel {
         requests: &[LocalRequest],
         prompts: &[(usize, Vec<u32>)],
         results: &mut [Option<Result<LocalCompletion, RowError>>],
+        stop: &dyn Fn() -> bool,
     ) {
         let Some((_, first)) = prompts.first() else { return };
         let failed = |error: &candle_core::Error| Err(RowError::Transport(format!("local model: {error}")));
@@ -175,7 +196,8 @@ impl EmbeddedModel {
                     sampler: Sampler::new(request.temperature, request.top_p, row_seed(self.seed, request)),
                 });
             }
-            if running.is_empty() {
+            // Rows left unanswered here are failed by `generate`.
+            if running.is_empty() || stop() {
                 return;
             }
             let inputs: Vec<&[u32]> = running.iter().map(|sequence| sequence.input.as_slice()).collect();

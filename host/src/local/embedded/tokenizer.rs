@@ -16,6 +16,11 @@ pub struct ChatTokenizer {
     inner: Tokenizer,
     /// The token that ends an answer (`<|im_end|>`).
     pub end: u32,
+    /// The most bytes one token stands for. A byte-level BPE vocabulary
+    /// writes each byte as one character, so it is the longest entry's
+    /// length in characters; a text of `n` bytes is at least `n / longest`
+    /// tokens, which bounds a prompt's size before it is tokenized.
+    pub longest_token_bytes: usize,
 }
 
 fn strings<'a>(content: &'a Content, key: &str) -> Result<Vec<&'a str>, String> {
@@ -42,6 +47,7 @@ impl ChatTokenizer {
             return Err(format!("tokenizer {model:?} is not supported (only byte-level BPE, \"gpt2\")"));
         }
         let tokens = strings(content, "tokenizer.ggml.tokens")?;
+        let longest_token_bytes = tokens.iter().map(|t| t.chars().count()).max().unwrap_or(1).max(1);
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
         let merges: Vec<(String, String)> = strings(content, "tokenizer.ggml.merges")?
             .iter()
@@ -66,7 +72,7 @@ impl ChatTokenizer {
             .and_then(|v| v.to_u32().ok())
             .or_else(|| inner.token_to_id("<|im_end|>"))
             .ok_or("the model names no end token")?;
-        Ok(ChatTokenizer { inner, end })
+        Ok(ChatTokenizer { inner, end, longest_token_bytes })
     }
 
     /// The ChatML prompt for one row, as token ids.
