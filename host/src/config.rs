@@ -81,10 +81,10 @@ pub struct Job {
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub batch_size: u32,
     /// 0.0 to 2.0 (Claude: to 1.0).
-    #[arg(long, value_name = "X", default_value_t = 0.01, allow_negative_numbers = true)]
+    #[arg(long, value_name = "X", default_value_t = 0.01, allow_negative_numbers = true, value_parser = finite)]
     pub temperature: f64,
     /// 0.0 to 1.0; sent only when not 1.0.
-    #[arg(long, value_name = "X", default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, value_name = "X", default_value_t = 1.0, allow_negative_numbers = true, value_parser = finite)]
     pub top_p: f64,
     /// 1 to 4096.
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -143,14 +143,19 @@ impl Job {
 
     /// `self` (a config file, or the defaults) with every parameter that was
     /// given on the command line (`given`, by field name) taken from `flags`.
-    pub fn overridden_by(self, flags: &Job, given: impl Fn(&str) -> bool) -> Job {
+    ///
+    /// The merge goes through the config file's form, so a value that form
+    /// cannot hold (a NaN) is an error naming its field, as it would be in
+    /// a file.
+    pub fn overridden_by(self, flags: &Job, given: impl Fn(&str) -> bool) -> Result<Job, ConfigError> {
         let (mut merged, flags) = (to_object(&self), to_object(flags));
         for (field, value) in flags {
             if given(&field) {
                 merged.insert(field, value);
             }
         }
-        serde_json::from_value(merged.into()).expect("a job's own values deserialize")
+        let text = serde_json::Value::from(merged).to_string();
+        Job::parse(&text, "the command line")
     }
 
     /// Names the first required parameter that has no value.
@@ -184,6 +189,12 @@ impl Job {
             },
         }
     }
+}
+
+/// A flag's number, which must be finite: a config file cannot hold NaN or
+/// infinity either.
+fn finite(text: &str) -> Result<f64, String> {
+    text.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| format!("{text:?} is not a finite number"))
 }
 
 fn to_object(job: &Job) -> serde_json::Map<String, serde_json::Value> {
@@ -295,11 +306,14 @@ mod tests {
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let file = Job::parse(r#"{"generation_model": "Local", "input_column": "q", "output_column": "a", "temperature": 0.5, "top_p": 0.9}"#, "test").unwrap();
         let flags = Job { temperature: 0.7, top_p: 0.2, ..Job::default() };
-        let job = file.overridden_by(&flags, |field| field == "temperature");
+        let job = file.overridden_by(&flags, |field| field == "temperature").unwrap();
         assert_eq!((job.temperature, job.top_p), (0.7, 0.9));
         assert_eq!((job.batch_size, job.max_tokens, job.request_timeout), (128, 1024, Duration::from_secs(600)));
         assert_eq!(job.input_column, "q");
         job.check_required().unwrap();
+        let nan = Job { temperature: f64::NAN, ..Job::default() };
+        let error = Job::default().overridden_by(&nan, |field| field == "temperature").unwrap_err();
+        assert!(error.to_string().contains("temperature"), "{error}");
         let missing = Job { generation_model: "Local".into(), ..Job::default() }.check_required();
         assert!(missing.unwrap_err().to_string().contains("input_column"));
     }

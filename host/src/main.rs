@@ -121,7 +121,7 @@ impl RunArgs {
         };
         let from_command_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
         Ok(RunOptions {
-            job: file.overridden_by(&self.job, from_command_line),
+            job: file.overridden_by(&self.job, from_command_line)?,
             endpoints: ProviderEndpoints {
                 openai_base_url: self.openai_base_url,
                 anthropic_base_url: self.anthropic_base_url,

@@ -58,10 +58,10 @@ impl LocalModel {
             }
         }
         let mut answers = self.generate_valid(valid).await.into_iter();
-        results
-            .into_iter()
-            .map(|result| result.unwrap_or_else(|| answers.next().expect("one answer per valid request")))
-            .collect()
+        // A backend that answers fewer requests than it was given fails the
+        // rest, rather than the host.
+        let missing = || Err(RowError::Transport("the local model gave no answer for this request".into()));
+        results.into_iter().map(|result| result.unwrap_or_else(|| answers.next().unwrap_or_else(missing))).collect()
     }
 
     async fn generate_valid(&self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {

@@ -477,6 +477,12 @@ fn bad_input_is_refused_before_any_request() {
         false,
         &["input_column", "--input-column"],
     );
+    // A number no config file could hold.
+    for value in ["NaN", "inf"] {
+        let args = ["--input", good, "--output", out, "--generation-model", "gpt-4o", "--input-column", "prompt"];
+        let args = [&args[..], &["--output-column", "answer", "--temperature", value]].concat();
+        refused(&server, d, &args, false, &["--temperature", "not a finite number"]);
+    }
 }
 
 #[test]

@@ -65,6 +65,9 @@ pub struct EmbeddedModel {
     seed: u64,
     /// What identifies this model and seed in saved work.
     identity: String,
+    /// See [`EmbeddedModel::max_prompt_bytes`]; kept apart from the model so
+    /// that checking a request never waits on a batch being decoded.
+    max_prompt_bytes: usize,
 }
 
 impl EmbeddedModel {
@@ -90,11 +93,13 @@ impl EmbeddedModel {
             .forward(&[&[tokenizer.end]], &mut model.cache(1))
             .map_err(|e| invalid(format!("the model does not run: {e}")))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let max_prompt_bytes = model.context_length.saturating_mul(tokenizer.longest_token_bytes);
         Ok(EmbeddedModel {
             model: Mutex::new(model),
             tokenizer,
             seed,
             identity: format!("embedded:{name}:seed={seed}"),
+            max_prompt_bytes,
         })
     }
 
@@ -108,8 +113,7 @@ impl EmbeddedModel {
     /// the model's context: anything larger is refused before it is
     /// tokenized, so an oversized prompt costs nothing.
     pub fn max_prompt_bytes(&self) -> usize {
-        let context = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).context_length;
-        context.saturating_mul(self.tokenizer.longest_token_bytes)
+        self.max_prompt_bytes
     }
 
     /// Generates for every request, one result each, in order. CPU-bound:
