@@ -19,6 +19,7 @@ use client::client_error;
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
@@ -32,6 +33,8 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Outbound {
     allowlist: Allowlist,
     denials: Denials,
+    /// The calls of the store these hooks serve (see [`CallScope`]).
+    scope: CallScope,
     client: HttpClient,
     pacer: Arc<Pacer>,
     max_reply_bytes: usize,
@@ -45,6 +48,7 @@ impl Outbound {
         Outbound {
             allowlist: Allowlist::new(destinations),
             denials: Denials::default(),
+            scope: CallScope::default(),
             client,
             pacer,
             max_reply_bytes: usize::MAX,
@@ -64,6 +68,14 @@ impl Outbound {
     pub fn with_reply_cap(mut self, bytes: usize) -> Outbound {
         self.max_reply_bytes = bytes;
         self
+    }
+
+    /// These hooks for one more store: the allowlist, pool, pace and
+    /// denial counts are shared with `self`, the calls in progress are the
+    /// new store's own.
+    pub fn for_store(&self) -> (Outbound, CallScope) {
+        let scope = CallScope::default();
+        (Outbound { scope: scope.clone(), ..self.clone() }, scope)
     }
 
     /// The requests denied so far, per destination (shared by every clone).
@@ -112,10 +124,23 @@ impl WasiHttpHooks for Outbound {
         // A component's first-byte timeout, else the run's request timeout,
         // bounds the whole exchange, body included.
         let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(self.request_timeout);
+        // A request belongs to the call that made it: one still waiting (on
+        // the pacer, say) when that call has ended is never sent.
+        let (scope, made_in) = (self.scope.clone(), self.scope.current());
+        let ended = || {
+            tracing::debug!("dropped a request whose call has ended");
+            HttpError::HttpRequestDenied
+        };
         Box::new(async move {
             decision?;
+            if !scope.is_live(made_in) {
+                return Err(ended());
+            }
             let (request, tokens) = if pacer.counts_tokens() { estimate_tokens(request).await? } else { (request, 0) };
             let permit = pacer.admit(tokens).await;
+            if !scope.is_live(made_in) {
+                return Err(ended());
+            }
             // The deadline runs from admission: time spent waiting on the
             // pacer is not the provider's.
             let deadline = tokio::time::Instant::now() + timeout;
@@ -137,6 +162,33 @@ impl WasiHttpHooks for Outbound {
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
             Ok((response, done))
         })
+    }
+}
+
+/// The calls into one store's component, counted: odd while a call runs,
+/// even between calls. A request remembers the count it was made at and is
+/// live only while that same call runs.
+#[derive(Clone, Default)]
+pub struct CallScope(Arc<AtomicU64>);
+
+impl CallScope {
+    /// A call starts.
+    pub fn begin(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The call ends, returned or cut off: its requests not yet sent never
+    /// will be.
+    pub fn end(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn current(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn is_live(&self, made_in: u64) -> bool {
+        made_in % 2 == 1 && self.current() == made_in
     }
 }
 
@@ -196,4 +248,42 @@ async fn estimate_tokens(request: http::Request<WasiBody>) -> Result<(http::Requ
     let max_tokens = value["max_tokens"].as_u64().or_else(|| value["max_completion_tokens"].as_u64()).unwrap_or(0);
     let tokens = (bytes.len() as u64 / 4).saturating_add(max_tokens);
     Ok((http::Request::from_parts(parts, full_body(bytes)), u32::try_from(tokens).unwrap_or(u32::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request to the allowed origin, through these hooks, polled only
+    /// after `between` ran.
+    async fn send_after(between: impl FnOnce(&CallScope)) -> Result<(), HttpError> {
+        let origin = Origin::parse("http://127.0.0.1:9").unwrap();
+        let template = Outbound::new(
+            vec![Destination::bearer(origin, None).unwrap()],
+            http_client(),
+            Pacer::new(Default::default()),
+        );
+        let (mut hooks, scope) = template.for_store();
+        scope.begin();
+        let request = http::Request::post("http://127.0.0.1:9/v1/chat/completions").body(full_body("{}")).unwrap();
+        let sending = hooks.send_request(request, None, Box::new(async { Ok(()) }));
+        between(&scope);
+        Box::into_pin(sending).await.map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_call_has_ended_is_never_sent() {
+        let result = send_after(CallScope::end).await;
+        assert!(matches!(result, Err(HttpError::HttpRequestDenied)), "{result:?}");
+        // Nor one from an earlier call while a later one runs.
+        let result = send_after(|scope| {
+            scope.end();
+            scope.begin();
+        })
+        .await;
+        assert!(matches!(result, Err(HttpError::HttpRequestDenied)), "{result:?}");
+        // While its call runs it goes out (port 9 refuses: the error is the connection's).
+        let result = send_after(|_| {}).await;
+        assert!(matches!(result, Err(HttpError::ConnectionRefused)), "{result:?}");
+    }
 }

@@ -12,7 +12,7 @@ use crate::bindings::{
     RequestPreview, RowError,
 };
 use crate::local::LocalModel;
-use crate::outbound::Outbound;
+use crate::outbound::{CallScope, Outbound};
 use sandbox::{EpochTicker, GuestLog, Limits, StderrTail};
 use sha2::Digest;
 use std::future::Future;
@@ -131,6 +131,7 @@ impl Plugin {
     pub async fn instantiate(&self, outbound: Outbound, local: LocalModel) -> Result<Session, PluginError> {
         let (stdout, stderr) = GuestLog::pair(self.limits.log_bytes);
         let stderr_tail = stderr.tail();
+        let (outbound, scope) = outbound.for_store();
         let state = State {
             // Nothing of the host's leaks in: no environment, arguments,
             // directories, sockets or name lookups; output goes to the log.
@@ -157,8 +158,8 @@ impl Plugin {
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel).map_err(PluginError::Engine)?;
         }
-        let instance = within(&self.limits, &stderr_tail, self.pre.instantiate_async(&mut store)).await?;
-        Ok(Session { store, instance, limits: self.limits, stderr_tail, rows: 0 })
+        let instance = within(&self.limits, &stderr_tail, &scope, self.pre.instantiate_async(&mut store)).await?;
+        Ok(Session { store, instance, limits: self.limits, stderr_tail, scope, rows: 0 })
     }
 }
 
@@ -173,6 +174,8 @@ pub struct Session {
     limits: Limits,
     /// The last lines the component wrote to stderr: its panic message.
     stderr_tail: StderrTail,
+    /// Marks the calls, so that a request outlives none.
+    scope: CallScope,
     rows: u64,
 }
 
@@ -181,9 +184,13 @@ pub struct Session {
 async fn within<T>(
     limits: &Limits,
     stderr: &StderrTail,
+    scope: &CallScope,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
-    match tokio::time::timeout(limits.call_timeout, call).await {
+    scope.begin();
+    let result = tokio::time::timeout(limits.call_timeout, call).await;
+    scope.end();
+    match result {
         Ok(result) => result.map_err(|error| failure(error, limits, stderr)),
         Err(_) => Err(PluginError::Deadline(limits.call_timeout)),
     }
@@ -240,7 +247,7 @@ impl Session {
     pub async fn list_models(&mut self) -> Result<Vec<ModelInfo>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(&self.limits, &self.stderr_tail, exports.call_list_models(&mut self.store)).await
+        within(&self.limits, &self.stderr_tail, &self.scope, exports.call_list_models(&mut self.store)).await
     }
 
     /// The model a `generation_model` value selects, matched as the config's
@@ -248,7 +255,8 @@ impl Session {
     pub async fn find_model(&mut self, generation_model: &str) -> Result<Option<ModelInfo>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(&self.limits, &self.stderr_tail, exports.call_find_model(&mut self.store, generation_model)).await
+        within(&self.limits, &self.stderr_tail, &self.scope, exports.call_find_model(&mut self.store, generation_model))
+            .await
     }
 
     /// The request `generate_batch` would send for `input` under `config`,
@@ -260,7 +268,13 @@ impl Session {
     ) -> Result<Result<Option<RequestPreview>, String>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(&self.limits, &self.stderr_tail, exports.call_preview_request(&mut self.store, config, input)).await
+        within(
+            &self.limits,
+            &self.stderr_tail,
+            &self.scope,
+            exports.call_preview_request(&mut self.store, config, input),
+        )
+        .await
     }
 
     /// Checks before a run, with one request to the provider, that the
@@ -269,7 +283,7 @@ impl Session {
     pub async fn preflight(&mut self, config: &Config) -> Result<Result<(), RowError>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(&self.limits, &self.stderr_tail, exports.call_preflight(&mut self.store, config)).await
+        within(&self.limits, &self.stderr_tail, &self.scope, exports.call_preflight(&mut self.store, config)).await
     }
 
     /// Every problem with `config`, each naming its field; empty when the
@@ -277,7 +291,7 @@ impl Session {
     pub async fn check_config(&mut self, config: &Config) -> Result<Vec<ConfigProblem>, PluginError> {
         self.refuel()?;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        within(&self.limits, &self.stderr_tail, exports.call_check_config(&mut self.store, config)).await
+        within(&self.limits, &self.stderr_tail, &self.scope, exports.call_check_config(&mut self.store, config)).await
     }
 
     /// Generates for `inputs`; a component that answers with the wrong number
@@ -290,9 +304,13 @@ impl Session {
         self.refuel()?;
         self.rows += inputs.len() as u64;
         let exports = self.instance.batchgen_plugin_batch_generator();
-        let results =
-            within(&self.limits, &self.stderr_tail, exports.call_generate_batch(&mut self.store, config, inputs))
-                .await?;
+        let results = within(
+            &self.limits,
+            &self.stderr_tail,
+            &self.scope,
+            exports.call_generate_batch(&mut self.store, config, inputs),
+        )
+        .await?;
         if results.len() != inputs.len() {
             return Err(PluginError::WrongCount { expected: inputs.len(), returned: results.len() });
         }
