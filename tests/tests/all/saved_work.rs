@@ -101,8 +101,14 @@ fn sigkill_at_random_points_loses_and_repeats_nothing() {
         if !killed {
             break;
         }
+        // A kill that lands after the output was renamed into place (while
+        // the process prints its summary and shuts down) finds the run
+        // done: the output must then be whole, which the checks below make
+        // sure of. Anything else at the output path would be a torn file.
+        if output.exists() {
+            break;
+        }
         kills += 1;
-        assert!(!output.exists(), "a killed run must not leave an output that looks finished");
     }
     assert!(kills >= 3, "only {kills} kills landed mid-run");
     let out = read_jsonl(&output);
