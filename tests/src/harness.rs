@@ -59,3 +59,31 @@ impl From<Output> for Ran {
 pub fn run(command: &mut Command) -> Ran {
     command.output().expect("batchgen starts").into()
 }
+
+/// Runs `command` and returns, with its result, the peak resident set size
+/// the process reached (its high-water mark, from `wait4`), in bytes.
+pub fn run_measuring_memory(command: &mut Command) -> (Ran, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("batchgen starts");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped")));
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value, and `wait4` is given
+    // pointers to live locals and the pid of our own unreaped child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed: {}", std::io::Error::last_os_error());
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let ran = Ran { code, stdout: stdout.join().expect("stdout"), stderr: stderr.join().expect("stderr") };
+    // Linux reports `ru_maxrss` in KiB.
+    (ran, u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+}

@@ -66,13 +66,17 @@ pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
     headers.push(("content-type".to_string(), b"application/json".to_vec()));
     headers.push(("accept".to_string(), b"application/json".to_vec()));
     headers.push(("user-agent".to_string(), concat!("batchgen/", env!("CARGO_PKG_VERSION")).as_bytes().to_vec()));
+    let body = serde_json::to_vec(&body).expect("a JSON value serialises");
+    // A declared length spares servers a chunked body, and lets the host
+    // size the request without reading it whole.
+    headers.push(("content-length".to_string(), body.len().to_string().into_bytes()));
     HttpRequest {
         get: false,
         https: remote.base.https,
         authority: remote.base.authority.clone(),
         path: remote.base.join(path),
         headers,
-        body: serde_json::to_vec(&body).expect("a JSON value serialises"),
+        body,
     }
 }
 

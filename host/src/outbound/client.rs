@@ -11,6 +11,11 @@ use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
+/// The most a request in flight buffers on the host, each way it can: the
+/// HTTP/1 read buffer, the HTTP/2 stream window (the protocol's own
+/// default). Replies the component does not read wait at the server.
+pub const IN_FLIGHT_WINDOW: usize = 64 << 10;
+
 /// The pooled client shared by every request of a run.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, WasiBody>;
 
@@ -23,7 +28,11 @@ pub fn http_client() -> HttpClient {
         .enable_http1()
         .enable_http2()
         .build();
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http1_max_buf_size(IN_FLIGHT_WINDOW)
+        .http2_initial_stream_window_size(IN_FLIGHT_WINDOW as u32)
+        .build(https)
 }
 
 /// Maps a pooled-client failure to the `wasi:http` error the guest sees.

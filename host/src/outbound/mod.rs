@@ -11,7 +11,7 @@ mod allowlist;
 mod client;
 
 pub use allowlist::{Allowlist, CREDENTIAL_HEADERS, Denials, Denied, Destination, Origin};
-pub use client::{HttpClient, download_client, full_body, http_client};
+pub use client::{HttpClient, IN_FLIGHT_WINDOW, download_client, full_body, http_client};
 
 use crate::pace::Pacer;
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use client::client_error;
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
@@ -28,6 +28,15 @@ use wasmtime_wasi_http::{
 /// Used when nobody sets a timeout: the official SDKs' ten minutes.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Largest write to an outgoing body. wasmtime queues one chunk and accepts
+/// one more, so a body that is never sent holds at most two on the host.
+/// A body larger than a chunk streams after its request is handed over.
+pub const BODY_CHUNK_BYTES: usize = 4 << 10;
+
+/// Most of a request body read before the pacer admits it, to estimate its
+/// tokens; the rest streams on unread.
+const PEEK_BYTES: usize = IN_FLIGHT_WINDOW;
+
 /// The `wasi:http` hooks of one store.
 #[derive(Clone)]
 pub struct Outbound {
@@ -35,6 +44,8 @@ pub struct Outbound {
     denials: Denials,
     /// The calls of the store these hooks serve (see [`CallScope`]).
     scope: CallScope,
+    /// The store's requests queued or in flight.
+    in_flight: InFlight,
     client: HttpClient,
     pacer: Arc<Pacer>,
     max_reply_bytes: usize,
@@ -49,6 +60,7 @@ impl Outbound {
             allowlist: Allowlist::new(destinations),
             denials: Denials::default(),
             scope: CallScope::default(),
+            in_flight: InFlight::new(usize::MAX),
             client,
             pacer,
             max_reply_bytes: usize::MAX,
@@ -71,11 +83,11 @@ impl Outbound {
     }
 
     /// These hooks for one more store: the allowlist, pool, pace and
-    /// denial counts are shared with `self`, the calls in progress are the
-    /// new store's own.
-    pub fn for_store(&self) -> (Outbound, CallScope) {
+    /// denial counts are shared with `self`; the calls in progress and the
+    /// requests in flight, at most `max_in_flight`, are the new store's own.
+    pub fn for_store(&self, max_in_flight: usize) -> (Outbound, CallScope) {
         let scope = CallScope::default();
-        (Outbound { scope: scope.clone(), ..self.clone() }, scope)
+        (Outbound { scope: scope.clone(), in_flight: InFlight::new(max_in_flight), ..self.clone() }, scope)
     }
 
     /// The requests denied so far, per destination (shared by every clone).
@@ -95,6 +107,14 @@ impl WasiHttpHooks for Outbound {
         Arc::new(|name| DEFAULT_FORBIDDEN_HEADERS.contains(name) || CREDENTIAL_HEADERS.contains(&name.as_str()))
     }
 
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -109,6 +129,12 @@ impl WasiHttpHooks for Outbound {
             > + Send,
     > {
         drop(fut);
+        // Held until the reply's body is read or dropped: a store has at
+        // most its batch size of requests queued or in flight.
+        let Some(slot) = self.in_flight.take() else {
+            tracing::debug!("refused a request: the store already has {} in flight", self.in_flight.max);
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        };
         let decision = self.allowlist.authorize(&mut request).map_err(|denied| match denied {
             Denied::InvalidUri => HttpError::HttpRequestUriInvalid,
             Denied::NotAllowed(origin) => {
@@ -155,6 +181,7 @@ impl WasiHttpHooks for Outbound {
                     inner: body.map_err(HttpError::from),
                     sleep: Box::pin(tokio::time::sleep_until(deadline)),
                     remaining: cap,
+                    _slot: slot,
                 }
                 .boxed_unsync()
             });
@@ -192,13 +219,43 @@ impl CallScope {
     }
 }
 
+/// A store's requests queued or in flight, counted against a cap.
+#[derive(Clone)]
+struct InFlight {
+    max: usize,
+    count: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    fn new(max: usize) -> InFlight {
+        InFlight { max, count: Arc::default() }
+    }
+
+    /// A slot, if one is free; it frees itself when dropped.
+    fn take(&self) -> Option<Slot> {
+        self.count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1)).ok()?;
+        Some(Slot(Arc::clone(&self.count)))
+    }
+}
+
+/// One request's place among a store's requests in flight.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A response body held to its request's deadline and to the reply cap, so
 /// a server that stalls mid-body or sends without end cannot hold a row past
-/// its timeout or fill the component's memory.
+/// its timeout or fill the component's memory. It keeps its request's slot
+/// until the component has read it or let it go.
 struct Guarded<B> {
     inner: B,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     remaining: usize,
+    _slot: Slot,
 }
 
 impl<B> hyper::body::Body for Guarded<B>
@@ -239,15 +296,67 @@ where
 
 /// What a request counts against a tokens-per-minute limit, as the
 /// providers' limiters count it: the prompt (about four bytes a token) plus
-/// the most it may generate. Reads the body, which the component wrote
-/// whole before sending, and puts it back.
+/// the most it may generate. Reads at most [`PEEK_BYTES`] of the body and
+/// puts them back in front of the rest: the prompt's size is then the
+/// `content-length` the component declared, and `max_tokens` comes first in
+/// the component's (key-sorted) JSON.
 async fn estimate_tokens(request: http::Request<WasiBody>) -> Result<(http::Request<WasiBody>, u32), HttpError> {
-    let (parts, body) = request.into_parts();
-    let bytes = body.collect().await?.to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let max_tokens = value["max_tokens"].as_u64().or_else(|| value["max_completion_tokens"].as_u64()).unwrap_or(0);
-    let tokens = (bytes.len() as u64 / 4).saturating_add(max_tokens);
-    Ok((http::Request::from_parts(parts, full_body(bytes)), u32::try_from(tokens).unwrap_or(u32::MAX)))
+    let (parts, mut body) = request.into_parts();
+    let mut head = bytes::BytesMut::new();
+    let mut ended = true;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            head.extend_from_slice(&data);
+        }
+        if head.len() >= PEEK_BYTES {
+            ended = false;
+            break;
+        }
+    }
+    let head = head.freeze();
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let size = declared.unwrap_or(head.len() as u64).max(head.len() as u64);
+    let tokens = (size / 4).saturating_add(max_tokens_in(&head));
+    let rest = if ended { full_body(head) } else { prefixed(head, body) };
+    Ok((http::Request::from_parts(parts, rest), u32::try_from(tokens).unwrap_or(u32::MAX)))
+}
+
+/// The `max_tokens` (or `max_completion_tokens`) a request body asks for, 0
+/// if its start does not say.
+fn max_tokens_in(head: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(head);
+    ["\"max_tokens\":", "\"max_completion_tokens\":"]
+        .iter()
+        .find_map(|key| {
+            let after = text[text.find(key)? + key.len()..].trim_start();
+            after[..after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len())].parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A body whose first bytes were read already: `head`, then the rest.
+struct Prefixed {
+    head: Option<Bytes>,
+    rest: WasiBody,
+}
+
+fn prefixed(head: Bytes, rest: WasiBody) -> WasiBody {
+    Prefixed { head: Some(head), rest }.boxed_unsync()
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+        match self.head.take() {
+            Some(head) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(head)))),
+            None => std::pin::Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! whatever the component learns during a run lasts for that run.
 
 pub mod cache;
+pub mod host_memory;
 pub mod sandbox;
 
 use crate::bindings::{
@@ -61,6 +62,30 @@ pub enum PluginError {
     /// A table of the component would have passed `--max-table-elements`.
     #[error("the component exceeded --max-table-elements {0}")]
     Table(usize),
+    /// The component held more host resources at once than its share of
+    /// `--max-host-memory` allows.
+    #[error("the component exceeded --max-host-memory {budget} MiB (more than {entries} host resources at once)")]
+    HostMemory {
+        /// The budget, in MiB.
+        budget: usize,
+        /// The resource table entries it allows.
+        entries: usize,
+    },
+    /// A set of header fields would have passed the host's limit on one.
+    #[error("the component exceeded the host's limit of {} KiB on one set of header fields", .0 >> 10)]
+    Fields(usize),
+    /// `--max-host-memory` cannot hold what a batch of this size needs.
+    #[error(
+        "--max-host-memory {budget} MiB is too small for a batch size of {batch_size}: it needs at least {needed} MiB"
+    )]
+    HostBudgetTooSmall {
+        /// The budget, in MiB.
+        budget: usize,
+        /// The run's batch size.
+        batch_size: usize,
+        /// The smallest budget that would do, in MiB.
+        needed: usize,
+    },
     /// The component used up its fuel for the call.
     #[error("the component ran out of fuel (--fuel {0} per call)")]
     Fuel(u64),
@@ -100,6 +125,7 @@ impl Plugin {
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::Link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(PluginError::Link)?;
+        host_memory::cap_url_parts(&mut linker).map_err(PluginError::Link)?;
         crate::bindings::batchgen::plugin::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
             .map_err(PluginError::Link)?;
         crate::bindings::batchgen::plugin::local_model::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| {
@@ -129,9 +155,14 @@ impl Plugin {
     /// A fresh instance for one run: its HTTP requests go through
     /// `outbound`, and `local` serves its `local-model` import.
     pub async fn instantiate(&self, outbound: Outbound, local: LocalModel) -> Result<Session, PluginError> {
+        let budget = self.limits.host_budget()?;
         let (stdout, stderr) = GuestLog::pair(self.limits.log_bytes);
         let stderr_tail = stderr.tail();
-        let (outbound, scope) = outbound.for_store();
+        let (outbound, scope) = outbound.for_store(budget.in_flight);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(host_memory::FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(budget.entries);
         let state = State {
             // Nothing of the host's leaks in: no environment, arguments,
             // directories, sockets or name lookups; output goes to the log.
@@ -142,11 +173,11 @@ impl Plugin {
                 .stdout(stdout)
                 .stderr(stderr)
                 .build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             outbound,
             local,
-            local_requests: self.limits.local_requests,
+            batch_size: self.limits.batch_size,
             limits: self.limits.store_limits(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -218,6 +249,13 @@ fn failure(error: wasmtime::Error, limits: &Limits, stderr: &StderrTail) -> Plug
     }
     if chain.contains("forcing trap when growing table") {
         return PluginError::Table(limits.table_elements);
+    }
+    if chain.contains("size of fields exceeds limit") {
+        return PluginError::Fields(host_memory::FIELDS_BYTES);
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) = error.downcast_ref() {
+        let entries = limits.host_budget().map_or(0, |budget| budget.entries);
+        return PluginError::HostMemory { budget: limits.host_memory_bytes >> 20, entries };
     }
     let cause = match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
@@ -326,7 +364,7 @@ pub struct State {
     outbound: Outbound,
     local: LocalModel,
     /// Requests one `local-model` call may carry.
-    local_requests: usize,
+    batch_size: usize,
     limits: StoreLimits,
 }
 
@@ -346,6 +384,6 @@ impl crate::bindings::batchgen::plugin::types::Host for State {}
 
 impl crate::bindings::batchgen::plugin::local_model::Host for State {
     async fn generate(&mut self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
-        self.local.generate(requests, self.local_requests).await
+        self.local.generate(requests, self.batch_size).await
     }
 }

@@ -5,6 +5,8 @@
 //! busy loop is stopped as surely as a guest blocked in `poll`), optional
 //! fuel, and a capped log for its stdout and stderr.
 
+use super::PluginError;
+use super::host_memory::HostBudget;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
@@ -45,12 +47,17 @@ pub struct Limits {
     /// Largest provider reply passed to the component, in MiB.
     #[arg(id = "max_reply_size", long = "max-reply-size", value_name = "MIB", default_value = "32", value_parser = mebibytes)]
     pub max_reply_bytes: usize,
+    /// Host memory per instance for what the component holds through `wasi:http` (header fields, requests and
+    /// bodies not yet sent, requests in flight and their buffered replies), in MiB.
+    #[arg(id = "max_host_memory", long = "max-host-memory", value_name = "MIB", default_value = "256", value_parser = mebibytes)]
+    pub host_memory_bytes: usize,
     /// Bytes of stdout and stderr logged per instance; the rest is dropped.
     #[arg(skip = 64usize << 10)]
     pub log_bytes: usize,
-    /// Requests per `local-model` call: a run sets it to its batch size.
-    #[arg(skip = 4096usize)]
-    pub local_requests: usize,
+    /// Rows per call: a run sets it to its batch size. It caps the requests
+    /// in flight and those of one `local-model` call.
+    #[arg(skip = 128usize)]
+    pub batch_size: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +95,16 @@ impl Limits {
             // allocators turn into an abort anyway: the error names the limit.
             .trap_on_grow_failure(true)
             .build()
+    }
+
+    /// How `--max-host-memory` is split for this batch size; an error
+    /// names the smallest budget that would do.
+    pub fn host_budget(&self) -> Result<HostBudget, PluginError> {
+        HostBudget::new(self.host_memory_bytes, self.batch_size).map_err(|needed| PluginError::HostBudgetTooSmall {
+            budget: self.host_memory_bytes >> 20,
+            batch_size: self.batch_size,
+            needed,
+        })
     }
 
     /// Epoch ticks in one call deadline.

@@ -33,7 +33,7 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     if same_file(&options.input, &options.output) {
         return Err(RunError::SameFile(options.output.display().to_string()));
     }
-    let limits = Limits { local_requests: options.job.batch_size as usize, ..options.limits };
+    let limits = Limits { batch_size: options.job.batch_size as usize, ..options.limits };
     let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), limits)?;
     let config = options.job.component_config(&options.endpoints);
     let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;

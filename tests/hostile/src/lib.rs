@@ -15,6 +15,12 @@
 //! - `local-flood`: sends the local model one request more than its rows;
 //! - `forge`: prints a line that looks like the host's, with a colour code;
 //! - `knock`: sends 20 requests per input to the input's (denied) authority;
+//! - `hoard-fields`, `hoard-bodies`, `hoard-urls`: keeps header fields,
+//!   request bodies written but never sent, or requests with the longest
+//!   URL parts the host takes, without end (see [`hoard`]);
+//! - `big-fields`: appends a 128 KiB header value (wasmtime's own limit);
+//! - `flood`: starts 10 requests per input to the first input's (allowed)
+//!   authority, reads none of them, and says how each ended;
 //! - anything else: answers `ok:<input>`.
 
 wit_bindgen::generate!({
@@ -33,7 +39,7 @@ wit_bindgen::generate!({
 use batchgen::plugin::local_model::{self, LocalCompletion, LocalRequest};
 use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
 use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, Provider, RequestPreview};
-use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+use wasip2::http::types::{Fields, FutureIncomingResponse, Method, OutgoingRequest, Scheme};
 
 struct Hostile;
 
@@ -74,6 +80,79 @@ fn request(authority: &str, headers: &[(&str, &str)]) -> String {
             }
         }
     }
+}
+
+/// Keeps host resources of one kind until the host stops it, trying the
+/// largest size first: unbounded, each kind would take gigabytes of host
+/// memory. Returns what it managed if the host never stops it.
+fn hoard(kind: &str) -> String {
+    let mut kept: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut refused = 0u64;
+    // The largest size is tried until the host refuses it once.
+    let sizes = |large: usize, small: usize, refused: u64| if refused == 0 { vec![large, small] } else { vec![small] };
+    for _ in 0..200_000 {
+        match kind {
+            "hoard-fields" => {
+                // Just under the host's limit per set of fields.
+                let fields = Fields::new();
+                let _ = fields.append("x-hoard", &[b'x'; 7 << 10]);
+                kept.push(Box::new(fields));
+            }
+            "hoard-bodies" => {
+                let request = OutgoingRequest::new(Fields::new());
+                let body = request.body().expect("a body");
+                let stream = body.write().expect("a stream");
+                // As much as the host will queue, never sent.
+                while let Ok(n @ 1..) = stream.check_write() {
+                    let _ = stream.write(&vec![b'x'; n as usize]);
+                }
+                kept.push(Box::new((stream, body, request)));
+            }
+            _ => {
+                let request = OutgoingRequest::new(Fields::new());
+                let long = |n: usize| "a".repeat(n);
+                for size in sizes(1 << 20, 4 << 10, refused) {
+                    let ok = request.set_path_with_query(Some(&format!("/{}", long(size - 1)))).is_ok()
+                        & request.set_authority(Some(&long(size))).is_ok()
+                        & request.set_method(&Method::Other(long(size))).is_ok();
+                    if ok {
+                        break;
+                    }
+                    refused += 1;
+                }
+                kept.push(Box::new(request));
+            }
+        }
+    }
+    format!("kept {} with {refused} refusals", kept.len())
+}
+
+/// Starts `count` requests to `authority` and reads none of them.
+fn flood(authority: &str, count: usize) -> Vec<String> {
+    let futures: Vec<Result<FutureIncomingResponse, String>> = (0..count)
+        .map(|_| {
+            let outgoing = OutgoingRequest::new(Fields::new());
+            let _ = outgoing.set_scheme(Some(&Scheme::Http));
+            let _ = outgoing.set_authority(Some(authority));
+            let _ = outgoing.set_path_with_query(Some("/v1/models"));
+            wasip2::http::outgoing_handler::handle(outgoing, None).map_err(|code| format!("refused: {code:?}"))
+        })
+        .collect();
+    // Every future is kept until all have ended, so none frees its place.
+    futures
+        .iter()
+        .map(|future| match future {
+            Err(refused) => refused.clone(),
+            Ok(future) => {
+                future.subscribe().block();
+                match future.get() {
+                    Some(Ok(Ok(_))) => "answered".into(),
+                    Some(Ok(Err(code))) => format!("failed: {code:?}"),
+                    _ => "odd".into(),
+                }
+            }
+        })
+        .collect()
 }
 
 impl Guest for Hostile {
@@ -163,6 +242,19 @@ impl Guest for Hostile {
                 };
                 let results = local_model::generate(&vec![request; inputs.len() + 1]);
                 results.iter().take(inputs.len()).map(|r| answer(local_outcome(r))).collect()
+            }
+            kind @ ("hoard-fields" | "hoard-bodies" | "hoard-urls") => {
+                let text = hoard(kind);
+                inputs.iter().map(|_| answer(text.clone())).collect()
+            }
+            "big-fields" => {
+                let outcome = Fields::new().append("x-big", &vec![b'x'; 127 << 10]);
+                inputs.iter().map(|_| answer(format!("{outcome:?}"))).collect()
+            }
+            "flood" => {
+                let outcomes = flood(&inputs[0], 10 * inputs.len());
+                let text = outcomes.join("; ");
+                inputs.iter().map(|_| answer(text.clone())).collect()
             }
             "boom" if inputs.iter().any(|i| i.contains("boom")) => panic!("boom"),
             "few" => echo(&inputs[1..]),

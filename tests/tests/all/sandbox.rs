@@ -235,3 +235,101 @@ fn denied_requests_are_counted_not_logged_one_by_one() {
     assert_eq!(denied.len(), 2, "the first denial and the count: {stderr}");
     assert!(denied[1].contains("denied 40 request(s) to http://127.0.0.1:9"), "{stderr}");
 }
+
+/// What the host may hold beyond `--max-memory` and `--max-host-memory`
+/// when a component attacks through host resources, over the peak of a
+/// harmless run: allocator slack and the bookkeeping the budget's worst
+/// cases leave out. Stated in docs/sandbox.md.
+const RSS_SLACK: u64 = 24 << 20;
+
+/// Runs `behaviour` with tight limits and returns its rows' errors (or
+/// answers) and the host's peak RSS.
+fn measured(
+    server: &ProviderServer,
+    behaviour: &str,
+    prompts: &[&str],
+    limits: &[&str],
+) -> (Option<i32>, Vec<String>, u64) {
+    let rows: Vec<Value> = prompts.iter().enumerate().map(|(i, p)| json!({"id": i, "prompt": p})).collect();
+    let (_dir, input, output) = dataset(&rows);
+    let mut command = harness::batchgen();
+    command
+        .args(["run", "--no-preflight", "--component", HOSTILE, "--generation-model", behaviour])
+        .args(["--input-column", "prompt", "--output-column", "answer", "--call-timeout", "30"])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .args(limits)
+        .env("OPENAI_API_KEY", OPENAI_KEY)
+        .env("OPENAI_BASE_URL", server.openai_base_url());
+    let (ran, peak) = harness::run_measuring_memory(&mut command);
+    assert!(ran.code.is_some_and(|code| code < 100), "{behaviour}: the host must not crash: {}", ran.stderr);
+    let rows = if output.exists() { read_jsonl(&output) } else { Vec::new() };
+    let texts = rows
+        .iter()
+        .map(|r| r["answer_error"].as_str().or(r["answer"].as_str()).unwrap_or_default().to_string())
+        .collect();
+    (ran.code, texts, peak)
+}
+
+#[test]
+fn host_resources_a_component_hoards_count_against_its_budget() {
+    let server = ProviderServer::start();
+    for budget in ["16", "256"] {
+        let limits = ["--max-memory", "32", "--max-host-memory", budget, "--batch-size", "2"];
+        let (code, texts, baseline) = measured(&server, "echo", &["a", "b"], &limits);
+        assert_eq!((code, texts[0].as_str()), (Some(0), "ok:a"));
+        let ceiling = baseline + (32 << 20) + (budget.parse::<u64>().unwrap() << 20) + RSS_SLACK;
+        for behaviour in ["hoard-fields", "hoard-bodies", "hoard-urls"] {
+            let (code, errors, peak) = measured(&server, behaviour, &["a", "b"], &limits);
+            eprintln!(
+                "{behaviour} with --max-host-memory {budget}: peak RSS {} MiB (baseline {} MiB)",
+                peak >> 20,
+                baseline >> 20
+            );
+            assert_eq!(code, Some(1), "{behaviour}: {errors:?}");
+            let expected = format!("component: the component exceeded --max-host-memory {budget} MiB");
+            assert!(errors.iter().all(|e| e.starts_with(&expected)), "{behaviour}: {errors:?}");
+            assert!(peak <= ceiling, "{behaviour}: peak RSS {peak} over {ceiling} (baseline {baseline})");
+        }
+    }
+}
+
+#[test]
+fn header_fields_over_the_hosts_limit_stop_the_component_with_that_limit_named() {
+    let server = ProviderServer::start();
+    let (code, _, rows) = hostile(&server, "big-fields", &["a"], &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        errors(&rows),
+        ["component: the component exceeded the host's limit of 8 KiB on one set of header fields"]
+    );
+}
+
+#[test]
+fn a_store_has_at_most_its_batch_size_of_requests_in_flight() {
+    let server = ProviderServer::start();
+    let authority = server.addr().to_string();
+    let limits = ["--batch-size", "3", "--max-host-memory", "16"];
+    let (code, texts, peak) = measured(&server, "flood", &[authority.as_str(), "b", "c"], &limits);
+    eprintln!("flood: peak RSS {} MiB", peak >> 20);
+    assert_eq!(code, Some(0), "{texts:?}");
+    let outcomes: Vec<&str> = texts[0].split("; ").collect();
+    assert_eq!(outcomes.len(), 30);
+    assert_eq!(outcomes.iter().filter(|o| **o == "answered").count(), 3, "{outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|o| **o != "answered").all(|o| o.contains("ConnectionLimitReached")),
+        "{outcomes:?}"
+    );
+    assert!(server.max_in_flight() <= 3);
+}
+
+#[test]
+fn a_host_budget_too_small_for_the_batch_size_is_refused_before_the_run() {
+    let server = ProviderServer::start();
+    let (code, stderr, rows) = hostile(&server, "echo", &["a"], &["--max-host-memory", "1", "--batch-size", "64"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--max-host-memory 1 MiB is too small for a batch size of 64"), "{stderr}");
+    assert!(rows.is_empty());
+}
