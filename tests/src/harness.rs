@@ -65,6 +65,7 @@ pub fn run(command: &mut Command) -> Ran {
 pub fn run_measuring_memory(command: &mut Command) -> (Ran, u64) {
     use std::io::Read;
     use std::process::Stdio;
+    #[expect(clippy::zombie_processes, reason = "reaped by wait4 below, which also reports its peak memory")]
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("batchgen starts");
     let read = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {

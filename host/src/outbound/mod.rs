@@ -372,7 +372,7 @@ mod tests {
             http_client(),
             Pacer::new(Default::default()),
         );
-        let (mut hooks, scope) = template.for_store();
+        let (mut hooks, scope) = template.for_store(usize::MAX);
         scope.begin();
         let request = http::Request::post("http://127.0.0.1:9/v1/chat/completions").body(full_body("{}")).unwrap();
         let sending = hooks.send_request(request, None, Box::new(async { Ok(()) }));
@@ -394,5 +394,36 @@ mod tests {
         // While its call runs it goes out (port 9 refuses: the error is the connection's).
         let result = send_after(|_| {}).await;
         assert!(matches!(result, Err(HttpError::ConnectionRefused)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_sized_from_its_declared_length_and_sent_whole() {
+        let json = format!("{{\"max_tokens\":100,\"messages\":\"{}\"}}", "x".repeat(1 << 20));
+        let length = json.len();
+        let chunks: Vec<Result<hyper::body::Frame<Bytes>, HttpError>> = json
+            .as_bytes()
+            .chunks(4096)
+            .map(|chunk| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(chunk))))
+            .collect();
+        let body = http_body_util::StreamBody::new(futures::stream::iter(chunks)).boxed_unsync();
+        let request = http::Request::post("http://x/").header("content-length", length).body(body).unwrap();
+        let (request, tokens) = estimate_tokens(request).await.unwrap();
+        assert_eq!(tokens as usize, length / 4 + 100);
+        let sent = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(sent.len(), length, "the peeked head goes out in front of the rest");
+        assert_eq!(max_tokens_in(br#"{"max_completion_tokens": 7,"#), 7);
+        assert_eq!(max_tokens_in(b"{}"), 0);
+    }
+
+    #[test]
+    fn a_store_gets_no_more_slots_than_its_cap() {
+        let in_flight = InFlight::new(2);
+        let (a, b) = (in_flight.take().unwrap(), in_flight.take().unwrap());
+        assert!(in_flight.take().is_none());
+        drop(a);
+        let c = in_flight.take();
+        assert!(c.is_some());
+        drop((b, c));
+        assert_eq!(in_flight.count.load(Ordering::SeqCst), 0);
     }
 }
