@@ -22,6 +22,8 @@ export function config(overrides = {}) {
     endpoints: {
       openaiBaseUrl: process.env.OPENAI_BASE_URL ?? 'https://api.openai.com/v1',
       anthropicBaseUrl: process.env.ANTHROPIC_BASE_URL ?? 'https://api.anthropic.com',
+      // Empty: `Local` is this host's `local-model` import (local-model.js).
+      localBaseUrls: [],
     },
     ...overrides,
   };

@@ -20,11 +20,16 @@ pub enum Target {
     Remote(Remote),
 }
 
-/// A provider API and how to reach it.
+/// A provider API and how to reach it: one base URL for the providers,
+/// one or more OpenAI-compatible servers for `Local`.
 pub struct Remote {
+    /// `Local` servers speak OpenAI's wire format.
     pub kind: Provider,
-    pub base: BaseUrl,
+    pub servers: Vec<BaseUrl>,
 }
+
+/// More servers than this is a config mistake, not a fleet.
+pub const MAX_LOCAL_SERVERS: usize = 256;
 
 /// A validated config.
 pub struct Plan {
@@ -95,14 +100,19 @@ impl Plan {
         let send_top_p = (top_p != 1.0).then_some(top_p);
         let mut target = Target::Local;
         if let Some(model) = model {
-            let (field, base) = match model.provider {
-                Provider::Openai => ("openai_base_url", &config.endpoints.openai_base_url),
-                Provider::Anthropic => ("anthropic_base_url", &config.endpoints.anthropic_base_url),
-                Provider::Local => ("", &String::new()),
+            let (field, bases) = match model.provider {
+                Provider::Openai => ("openai_base_url", std::slice::from_ref(&config.endpoints.openai_base_url)),
+                Provider::Anthropic => {
+                    ("anthropic_base_url", std::slice::from_ref(&config.endpoints.anthropic_base_url))
+                }
+                Provider::Local => ("local_base_urls", config.endpoints.local_base_urls.as_slice()),
             };
-            if model.provider != Provider::Local {
-                match BaseUrl::parse(base) {
-                    Ok(base) => target = Target::Remote(Remote { kind: model.provider, base }),
+            if bases.len() > MAX_LOCAL_SERVERS {
+                problem(field, format!("{} servers; at most {MAX_LOCAL_SERVERS} are accepted", bases.len()));
+            } else if !bases.is_empty() {
+                let parsed: Result<Vec<BaseUrl>, String> = bases.iter().map(|base| BaseUrl::parse(base)).collect();
+                match parsed {
+                    Ok(servers) => target = Target::Remote(Remote { kind: model.provider, servers }),
                     Err(message) => problem(field, message),
                 }
             }

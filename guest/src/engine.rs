@@ -6,7 +6,8 @@
 use crate::batchgen::plugin::types::{Generation, RowError};
 use crate::config::{Plan, Remote};
 use crate::http::{InFlight, Step, transport_verdict};
-use crate::providers::{self, HttpRequest, Verdict};
+use crate::providers::{self, Verdict};
+use crate::servers;
 use std::collections::VecDeque;
 use wasip2::clocks::monotonic_clock;
 use wasip2::io::poll;
@@ -29,7 +30,13 @@ struct Flight {
 }
 
 pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<Generation, RowError>> {
-    let requests: Vec<HttpRequest> = inputs.iter().map(|input| providers::build_request(plan, remote, input)).collect();
+    let models = servers::models(plan, remote);
+    // Rows spread over the servers (one for a provider), and each retry goes
+    // to the next: a server that is down costs a row an attempt, not the row.
+    let request = |row: usize, attempt: u32| {
+        let server = (row + attempt.saturating_sub(1) as usize) % remote.servers.len();
+        providers::build_request(plan, remote.kind, &remote.servers[server], &models[server], &inputs[row])
+    };
     let mut results: Vec<Option<Result<Generation, RowError>>> = (0..inputs.len()).map(|_| None).collect();
     let mut attempts = vec![0u32; inputs.len()];
     let mut ready: VecDeque<usize> = (0..inputs.len()).collect();
@@ -68,7 +75,7 @@ pub fn generate(plan: &Plan, remote: &Remote, inputs: &[String]) -> Vec<Result<G
         while flights.len() < plan.concurrency {
             let Some(row) = ready.pop_front() else { break };
             attempts[row] += 1;
-            match InFlight::start(&requests[row]) {
+            match InFlight::start(&request(row, attempts[row])) {
                 Ok(request) => flights.push(Flight {
                     row,
                     deadline: now.saturating_add(backstop_ns(plan.request_timeout_ns)),

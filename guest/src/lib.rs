@@ -11,6 +11,7 @@ mod http;
 mod local;
 mod models;
 mod providers;
+mod servers;
 mod url;
 
 wit_bindgen::generate!({
@@ -45,7 +46,8 @@ impl Guest for Component {
     fn preview_request(config: Config, input: String) -> Result<Option<RequestPreview>, String> {
         let plan = config::Plan::new(&config).map_err(|problems| config::describe(&problems))?;
         let config::Target::Remote(remote) = &plan.target else { return Ok(None) };
-        let request = providers::build_request(&plan, remote, &input);
+        let model = servers::preview_model(&plan, remote);
+        let request = providers::build_request(&plan, remote.kind, &remote.servers[0], &model, &input);
         Ok(Some(RequestPreview {
             method: "POST".into(),
             url: format!("{}://{}{}", if request.https { "https" } else { "http" }, request.authority, request.path),
@@ -62,29 +64,7 @@ impl Guest for Component {
         let plan =
             config::Plan::new(&config).map_err(|problems| RowError::InvalidRequest(config::describe(&problems)))?;
         let config::Target::Remote(remote) = &plan.target else { return Ok(()) };
-        let reply = match http::fetch(&providers::models_request(remote), plan.request_timeout_ns) {
-            Ok(reply) => reply,
-            Err(failure) => {
-                return Err(match http::transport_verdict(failure) {
-                    providers::Verdict::Done(Err(error)) | providers::Verdict::Retry { error, .. } => error,
-                    providers::Verdict::Done(Ok(_)) => unreachable!("a transport failure is never a completion"),
-                });
-            }
-        };
-        match reply.status {
-            // A server without a model list (some compatible ones) cannot
-            // be checked; the run will tell.
-            404 => Ok(()),
-            200..=299 => match providers::lists_model(&reply.body, &plan.model_id) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(RowError::NotFound(plan.model.not_found_hint(&plan.model_id))),
-                Err(message) => Err(RowError::MalformedReply(message)),
-            },
-            _ => match providers::interpret(&plan, remote.kind, &reply) {
-                providers::Verdict::Done(Err(error)) | providers::Verdict::Retry { error, .. } => Err(error),
-                providers::Verdict::Done(Ok(_)) => Ok(()),
-            },
-        }
+        remote.servers.iter().try_for_each(|server| preflight_one(&plan, remote, server))
     }
 
     fn check_config(config: Config) -> Vec<ConfigProblem> {
@@ -106,6 +86,36 @@ impl Guest for Component {
             config::Target::Local => local::generate(&plan, &inputs),
             config::Target::Remote(ref provider) => engine::generate(&plan, provider, &inputs),
         }
+    }
+}
+
+/// One server's model list: reachable, credentials accepted, and the
+/// config's model id listed (a local server without one in the config may
+/// list anything).
+fn preflight_one(plan: &config::Plan, remote: &config::Remote, server: &url::BaseUrl) -> Result<(), RowError> {
+    let reply = match http::fetch(&providers::models_request(remote.kind, server), plan.request_timeout_ns) {
+        Ok(reply) => reply,
+        Err(failure) => {
+            return Err(match http::transport_verdict(failure) {
+                providers::Verdict::Done(Err(error)) | providers::Verdict::Retry { error, .. } => error,
+                providers::Verdict::Done(Ok(_)) => unreachable!("a transport failure is never a completion"),
+            });
+        }
+    };
+    match reply.status {
+        // A server without a model list (some compatible ones) cannot
+        // be checked; the run will tell.
+        404 => Ok(()),
+        200..=299 if plan.model_id.is_empty() => Ok(()),
+        200..=299 => match providers::lists_model(&reply.body, &plan.model_id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RowError::NotFound(plan.model.not_found_hint(&plan.model_id))),
+            Err(message) => Err(RowError::MalformedReply(message)),
+        },
+        _ => match providers::interpret(plan, remote.kind, &reply) {
+            providers::Verdict::Done(Err(error)) | providers::Verdict::Retry { error, .. } => Err(error),
+            providers::Verdict::Done(Ok(_)) => Ok(()),
+        },
     }
 }
 

@@ -186,6 +186,7 @@ impl Job {
             endpoints: Endpoints {
                 openai_base_url: endpoints.openai_base_url.clone(),
                 anthropic_base_url: endpoints.anthropic_base_url.clone(),
+                local_base_urls: endpoints.local_urls.clone(),
             },
         }
     }
@@ -239,6 +240,10 @@ pub struct ProviderEndpoints {
     /// Base of the Anthropic API, without the version segment
     /// (`https://api.anthropic.com`).
     pub anthropic_base_url: String,
+    /// OpenAI-compatible servers that serve `Local` (`--local-url`, which
+    /// may repeat), each including its version segment; rows spread over
+    /// them. Empty: `Local` is the embedded model.
+    pub local_urls: Vec<String>,
 }
 
 impl Default for ProviderEndpoints {
@@ -246,6 +251,7 @@ impl Default for ProviderEndpoints {
         ProviderEndpoints {
             openai_base_url: DEFAULT_OPENAI_BASE_URL.to_string(),
             anthropic_base_url: DEFAULT_ANTHROPIC_BASE_URL.to_string(),
+            local_urls: Vec::new(),
         }
     }
 }
@@ -257,6 +263,9 @@ pub struct ApiKeys {
     pub openai: Option<String>,
     /// Sent as `x-api-key` to the Anthropic endpoint only.
     pub anthropic: Option<String>,
+    /// Sent as a bearer token to the local servers only (vLLM and llama.cpp
+    /// servers started with `--api-key` need it).
+    pub local: Option<String>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -265,15 +274,21 @@ impl std::fmt::Debug for ApiKeys {
         f.debug_struct("ApiKeys")
             .field("openai", &shown(&self.openai))
             .field("anthropic", &shown(&self.anthropic))
+            .field("local", &shown(&self.local))
             .finish()
     }
 }
 
 impl ApiKeys {
-    /// From `OPENAI_API_KEY` and `ANTHROPIC_API_KEY`; empty counts as unset.
+    /// From `OPENAI_API_KEY`, `ANTHROPIC_API_KEY` and
+    /// `BATCHGEN_LOCAL_API_KEY`; empty counts as unset.
     pub fn from_env() -> ApiKeys {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
-        ApiKeys { openai: var("OPENAI_API_KEY"), anthropic: var("ANTHROPIC_API_KEY") }
+        ApiKeys {
+            openai: var("OPENAI_API_KEY"),
+            anthropic: var("ANTHROPIC_API_KEY"),
+            local: var("BATCHGEN_LOCAL_API_KEY"),
+        }
     }
 }
 
@@ -320,7 +335,8 @@ mod tests {
 
     #[test]
     fn keys_stay_out_of_debug_output() {
-        let keys = ApiKeys { openai: Some("sk-secret".into()), anthropic: None };
+        let keys = ApiKeys { openai: Some("sk-secret".into()), anthropic: None, local: Some("sk-local".into()) };
         assert!(!format!("{keys:?}").contains("sk-secret"));
+        assert!(!format!("{keys:?}").contains("sk-local"));
     }
 }

@@ -66,9 +66,10 @@ struct RunArgs {
     /// max_tokens, ...); flags override it.
     #[arg(long, value_name = "FILE.json")]
     config: Option<PathBuf>,
-    /// OpenAI-compatible server (vLLM, llama.cpp, Ollama) for `Local`, e.g. http://localhost:8000/v1.
-    #[arg(long, value_name = "URL", env = "BATCHGEN_LOCAL_URL")]
-    local_url: Option<String>,
+    /// OpenAI-compatible server (vLLM, llama.cpp, Ollama) for `Local`, e.g. http://localhost:8000/v1;
+    /// repeat it (or separate URLs with commas) to spread rows over several.
+    #[arg(long = "local-url", value_name = "URL", env = "BATCHGEN_LOCAL_URL", value_delimiter = ',')]
+    local_urls: Vec<String>,
     /// GGUF model (llama family) for `Local` when no --local-url is given
     /// [default: the one `batchgen fetch-model` keeps in the user's cache].
     #[arg(long, value_name = "PATH", env = "BATCHGEN_LOCAL_MODEL")]
@@ -125,9 +126,9 @@ impl RunArgs {
             endpoints: ProviderEndpoints {
                 openai_base_url: self.openai_base_url,
                 anthropic_base_url: self.anthropic_base_url,
+                local_urls: self.local_urls,
             },
             keys: ApiKeys::from_env(),
-            local_url: self.local_url,
             local_model: self.local_model,
             seed: self.seed,
             component: self.component.component,

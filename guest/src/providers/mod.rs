@@ -5,7 +5,8 @@ mod anthropic;
 mod openai;
 
 use crate::batchgen::plugin::types::{ProviderError, RowError};
-use crate::config::{Plan, Remote};
+use crate::config::Plan;
+use crate::url::BaseUrl;
 use crate::models::Provider;
 
 /// A request ready for `wasi:http`, without credentials: the host adds those.
@@ -53,15 +54,17 @@ pub enum Verdict {
     },
 }
 
-pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
-    let (path, mut headers, body) = match remote.kind {
-        Provider::Openai => ("/chat/completions", Vec::new(), openai::body(plan, input)),
+/// The request for `input` to `server`, asking for `model_id` (the plan's,
+/// or the one a local server was found to serve).
+pub fn build_request(plan: &Plan, kind: Provider, server: &BaseUrl, model_id: &str, input: &str) -> HttpRequest {
+    let (path, mut headers, body) = match kind {
+        // Local servers are OpenAI-compatible.
+        Provider::Openai | Provider::Local => ("/chat/completions", Vec::new(), openai::body(plan, model_id, input)),
         Provider::Anthropic => (
             "/v1/messages",
             vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())],
             anthropic::body(plan, input),
         ),
-        Provider::Local => unreachable!("the local model is not reached over HTTP"),
     };
     headers.push(("content-type".to_string(), b"application/json".to_vec()));
     headers.push(("accept".to_string(), b"application/json".to_vec()));
@@ -70,36 +73,36 @@ pub fn build_request(plan: &Plan, remote: &Remote, input: &str) -> HttpRequest {
     // A declared length spares servers a chunked body, and lets the host
     // size the request without reading it whole.
     headers.push(("content-length".to_string(), body.len().to_string().into_bytes()));
-    HttpRequest {
-        get: false,
-        https: remote.base.https,
-        authority: remote.base.authority.clone(),
-        path: remote.base.join(path),
-        headers,
-        body,
-    }
+    HttpRequest { get: false, https: server.https, authority: server.authority.clone(), path: server.join(path), headers, body }
 }
 
-/// The provider's model list (`GET /v1/models`), for the preflight check.
-pub fn models_request(remote: &Remote) -> HttpRequest {
-    let (path, mut headers) = match remote.kind {
-        Provider::Openai => ("/models", Vec::new()),
+/// The provider's model list (`GET /v1/models`), for the preflight check
+/// and to find the model a local server serves.
+pub fn models_request(kind: Provider, server: &BaseUrl) -> HttpRequest {
+    let (path, mut headers) = match kind {
+        Provider::Openai | Provider::Local => ("/models", Vec::new()),
         // Anthropic pages the list; one page of the maximum size holds it.
         Provider::Anthropic => {
             ("/v1/models?limit=1000", vec![("anthropic-version".to_string(), anthropic::VERSION.as_bytes().to_vec())])
         }
-        Provider::Local => unreachable!("the local model is not reached over HTTP"),
     };
     headers.push(("accept".to_string(), b"application/json".to_vec()));
     headers.push(("user-agent".to_string(), concat!("batchgen/", env!("CARGO_PKG_VERSION")).as_bytes().to_vec()));
     HttpRequest {
         get: true,
-        https: remote.base.https,
-        authority: remote.base.authority.clone(),
-        path: remote.base.join(path),
+        https: server.https,
+        authority: server.authority.clone(),
+        path: server.join(path),
         headers,
         body: Vec::new(),
     }
+}
+
+/// The first model a model list (`{"data":[{"id":...}]}`) offers: what a
+/// local server serves when the config names none.
+pub fn first_model(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["data"].as_array()?.iter().find_map(|m| m["id"].as_str()).map(str::to_string)
 }
 
 /// Whether a model list (`{"data":[{"id":...}]}`) offers `model_id`,
@@ -124,9 +127,8 @@ pub fn lists_model(body: &[u8], model_id: &str) -> Result<bool, String> {
 pub fn interpret(plan: &Plan, kind: Provider, reply: &HttpReply) -> Verdict {
     if (200..300).contains(&reply.status) {
         let parsed = match kind {
-            Provider::Openai => openai::completion(&reply.body),
+            Provider::Openai | Provider::Local => openai::completion(&reply.body),
             Provider::Anthropic => anthropic::completion(&reply.body),
-            Provider::Local => unreachable!("the local model is not reached over HTTP"),
         };
         return match parsed {
             Ok(completion) => Verdict::Done(Ok(completion)),

@@ -12,14 +12,14 @@ fn uses_max_completion_tokens(model_id: &str) -> bool {
     id.starts_with("gpt-5") || (id.starts_with('o') && id[1..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
-pub fn body(plan: &Plan, input: &str) -> Value {
+pub fn body(plan: &Plan, model_id: &str, input: &str) -> Value {
     let mut messages = Vec::with_capacity(2);
     if let Some(system) = &plan.system_prompt {
         messages.push(json!({"role": "system", "content": system}));
     }
     messages.push(json!({"role": "user", "content": input}));
     let mut body = Map::new();
-    body.insert("model".into(), json!(plan.model_id));
+    body.insert("model".into(), json!(model_id));
     body.insert("messages".into(), Value::Array(messages));
     if let Some(temperature) = plan.temperature {
         body.insert("temperature".into(), json!(temperature));
@@ -28,7 +28,7 @@ pub fn body(plan: &Plan, input: &str) -> Value {
         body.insert("top_p".into(), json!(top_p));
     }
     let max_tokens_field =
-        if uses_max_completion_tokens(&plan.model_id) { "max_completion_tokens" } else { "max_tokens" };
+        if uses_max_completion_tokens(model_id) { "max_completion_tokens" } else { "max_tokens" };
     body.insert(max_tokens_field.into(), json!(plan.max_tokens));
     Value::Object(body)
 }

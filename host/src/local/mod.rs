@@ -1,10 +1,8 @@
 //! Backends of the `local-model` import: what `Local` means on this host.
 
 pub mod embedded;
-mod server;
 
 pub use embedded::{EmbeddedError, EmbeddedModel};
-pub use server::ServerModel;
 
 use crate::bindings::{LocalCompletion, LocalRequest, RowError};
 use std::sync::Arc;
@@ -15,8 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum LocalModel {
     /// No local model is configured: `Local` rows fail with a clear error.
     Unavailable,
-    /// An OpenAI-compatible server (vLLM, llama.cpp, Ollama) at `--local-url`.
-    Server(Arc<ServerModel>),
     /// A GGUF model run in-process (`--local-model`, or the default one).
     Embedded(Arc<EmbeddedModel>),
 }
@@ -72,7 +68,6 @@ impl LocalModel {
             LocalModel::Unavailable => {
                 requests.iter().map(|_| Err(RowError::InvalidRequest("no local model is configured".into()))).collect()
             }
-            LocalModel::Server(server) => server.generate(requests).await,
             LocalModel::Embedded(model) => {
                 let model = Arc::clone(model);
                 let count = requests.len();
@@ -96,7 +91,6 @@ impl LocalModel {
     pub fn identity(&self) -> String {
         match self {
             LocalModel::Unavailable => String::new(),
-            LocalModel::Server(server) => format!("server:{}", server.base()),
             LocalModel::Embedded(model) => model.identity().to_string(),
         }
     }

@@ -35,8 +35,6 @@ pub struct RunOptions {
     pub endpoints: ProviderEndpoints,
     /// API keys; only the chosen model's provider's key is sent.
     pub keys: ApiKeys,
-    /// An OpenAI-compatible server for `Local` (`--local-url`).
-    pub local_url: Option<String>,
     /// A GGUF model for `Local` when there is no server (`--local-model`);
     /// `None` means the default one `cargo xtask setup` fetches.
     pub local_model: Option<PathBuf>,
@@ -64,7 +62,6 @@ impl RunOptions {
             job,
             endpoints: ProviderEndpoints::default(),
             keys: ApiKeys::default(),
-            local_url: None,
             local_model: None,
             seed: 0,
             component: None,

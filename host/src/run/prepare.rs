@@ -5,12 +5,15 @@
 use super::{RunError, RunOptions, load_plugin};
 use crate::bindings::{Config, ModelInfo, Provider};
 use crate::dataset::{self, Format, Survey};
-use crate::local::{EmbeddedModel, LocalModel, ServerModel, embedded};
+use crate::local::{EmbeddedModel, LocalModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::plugin::sandbox::Limits;
 use crate::plugin::{Plugin, Session};
 use std::path::Path;
 use std::sync::Arc;
+
+/// The name users know the local servers' key by.
+const LOCAL_KEY: &str = "BATCHGEN_LOCAL_API_KEY";
 
 /// What a checked run starts from.
 pub(super) struct Prepared {
@@ -46,18 +49,14 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     let generation_model = &options.job.generation_model;
     let model = probe.find_model(generation_model).await?.ok_or_else(|| RunError::NoModel(generation_model.clone()))?;
     let client = outbound::http_client();
-    let (destinations, local) = connections(options, &model, &client)?;
+    let (destinations, local) = connections(options, &model)?;
     let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
     Ok(Prepared { plugin, config, model, client, destinations, local, survey, probe })
 }
 
-/// The one destination this run may reach (the chosen provider's endpoint,
-/// with its key) and the local model.
-fn connections(
-    options: &RunOptions,
-    model: &ModelInfo,
-    client: &outbound::HttpClient,
-) -> Result<(Vec<Destination>, LocalModel), RunError> {
+/// The destinations this run may reach (the chosen provider's endpoint, or
+/// the local servers, each with its key) and the local model.
+fn connections(options: &RunOptions, model: &ModelInfo) -> Result<(Vec<Destination>, LocalModel), RunError> {
     // A provider: its key variable, the key, its base URL and how the key
     // travels (OpenAI's bearer token, Anthropic's x-api-key).
     type Credential = fn(Origin, Option<&str>) -> Result<Destination, String>;
@@ -73,7 +72,19 @@ fn connections(
             &endpoints.anthropic_base_url,
             Destination::api_key,
         ),
-        Provider::Local => return Ok((Vec::new(), local_model(options, client)?)),
+        Provider::Local if !endpoints.local_urls.is_empty() => {
+            let key = options.keys.local.as_deref();
+            let destinations = endpoints
+                .local_urls
+                .iter()
+                .map(|url| {
+                    Destination::bearer(endpoint("--local-url", url)?, key)
+                        .map_err(|message| RunError::InvalidKey { variable: LOCAL_KEY, message })
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok((destinations, LocalModel::Unavailable));
+        }
+        Provider::Local => return Ok((Vec::new(), embedded_model(options)?)),
     };
     let key = key.as_deref().ok_or_else(|| RunError::MissingKey { variable, model: model.label.clone() })?;
     let destination = credential(endpoint(base_name, base)?, Some(key))
@@ -81,12 +92,8 @@ fn connections(
     Ok((vec![destination], LocalModel::Unavailable))
 }
 
-/// `Local`: the server at `--local-url`, else the embedded model.
-fn local_model(options: &RunOptions, client: &outbound::HttpClient) -> Result<LocalModel, RunError> {
-    if let Some(url) = options.local_url.as_deref() {
-        endpoint("--local-url", url)?;
-        return Ok(LocalModel::Server(Arc::new(ServerModel::new(url, client.clone()))));
-    }
+/// `Local` without servers: the GGUF model run in-process.
+fn embedded_model(options: &RunOptions) -> Result<LocalModel, RunError> {
     let path = match &options.local_model {
         Some(path) => path.clone(),
         None => embedded::default_model::path(options.cache_dir.as_deref())?,

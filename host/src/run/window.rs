@@ -62,7 +62,7 @@ impl Window {
         let job = &options.job;
         let journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
         let component = options.component.as_ref().map(|_| plugin.digest());
-        let params = work_params(job, &model, &local, component);
+        let params = work_params(job, &model, &backend(options, &local), component);
         let reader = Reader::open(&options.input, &survey, &job.input_column)?;
         let writer = Writer::create(&options.output, &survey, &job.output_column)?;
         let pacer = Pacer::new(PaceSettings {
@@ -222,17 +222,28 @@ impl Window {
     }
 }
 
+/// What serves `Local`: the servers, in any order, or the local model.
+fn backend(options: &RunOptions, local: &LocalModel) -> String {
+    if options.endpoints.local_urls.is_empty() {
+        return local.identity();
+    }
+    let mut urls: Vec<&str> = options.endpoints.local_urls.iter().map(|url| url.trim_end_matches('/')).collect();
+    urls.sort_unstable();
+    urls.dedup();
+    format!("servers:{}", urls.join(","))
+}
+
 /// What, besides its input, determines a row's output in this run: the key
 /// of its saved work.
-fn work_params(job: &Job, model: &ModelInfo, local: &LocalModel, component: Option<[u8; 32]>) -> WorkParams {
+fn work_params(job: &Job, model: &ModelInfo, backend: &str, component: Option<[u8; 32]>) -> WorkParams {
     WorkParams {
         provider: model.provider.name().to_string(),
         // For `Local`, also which backend: a server's URL, or the embedded
         // model's file and seed.
         model_id: match (&job.model_id, model.provider) {
-            (Some(id), Provider::Local) => format!("{}:{id}", local.identity()),
+            (Some(id), Provider::Local) => format!("{backend}:{id}"),
             (Some(id), _) => id.clone(),
-            (None, Provider::Local) => local.identity(),
+            (None, Provider::Local) => backend.to_string(),
             (None, _) => model.model_id.clone(),
         },
         system_prompt: job.system_prompt.clone(),

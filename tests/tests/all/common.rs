@@ -26,8 +26,9 @@ pub fn options(server: &ProviderServer, input: &Path, output: &Path, job: Job) -
         endpoints: ProviderEndpoints {
             openai_base_url: server.openai_base_url(),
             anthropic_base_url: server.anthropic_base_url(),
+            local_urls: Vec::new(),
         },
-        keys: ApiKeys { openai: Some(OPENAI_KEY.into()), anthropic: Some(ANTHROPIC_KEY.into()) },
+        keys: ApiKeys { openai: Some(OPENAI_KEY.into()), anthropic: Some(ANTHROPIC_KEY.into()), local: None },
         cache_dir: Some(harness::cache_dir()),
         // Tests count requests per row and use model ids the stand-in does
         // not list; the preflight has tests of its own.

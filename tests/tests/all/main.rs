@@ -10,6 +10,7 @@ mod common;
 mod cli;
 mod docs;
 mod local_model;
+mod local_servers;
 mod preflight;
 mod properties;
 mod resilience;

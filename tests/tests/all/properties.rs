@@ -153,7 +153,11 @@ async fn the_component_checks_any_config_without_failing() {
                 batch_size,
                 max_attempts: 3,
                 request_timeout_ms: 1000,
-                endpoints: Endpoints { openai_base_url: url.clone(), anthropic_base_url: url },
+                endpoints: Endpoints {
+                    openai_base_url: url.clone(),
+                    anthropic_base_url: url,
+                    local_base_urls: Vec::new(),
+                },
             }
         })
         .collect();

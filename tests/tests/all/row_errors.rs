@@ -117,24 +117,3 @@ async fn rows_stay_aligned_across_batches() {
     }
     assert_eq!(server.requests().len(), 23);
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn local_goes_through_an_openai_compatible_server() {
-    let server = ProviderServer::start();
-    let (_dir, input, output) = dataset(&numbered_rows(3));
-    let mut job = job("Local");
-    job.system_prompt = Some("sys".into());
-    let mut options = options(&server, &input, &output, job);
-    options.local_url = Some(server.openai_base_url());
-    options.keys = Default::default();
-    let summary = run(&options).await.unwrap();
-    assert_eq!(summary.failed, 0);
-    let out = read_jsonl(&output);
-    assert_eq!(out[2]["answer"], "[sys] echo: row 2");
-    let completions: Vec<_> = server.requests().into_iter().filter(|r| r.path == "/v1/chat/completions").collect();
-    assert_eq!(completions.len(), 3);
-    // No model configured: the server's first listed model is used.
-    assert_eq!(completions[0].body["model"], "gpt-4o");
-    assert_eq!(completions[0].header("authorization"), None, "no key goes to a local server");
-    assert_eq!(completions[0].body["messages"][0], json!({"role": "system", "content": "sys"}));
-}
