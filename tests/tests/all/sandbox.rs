@@ -273,13 +273,21 @@ fn measured(
     (ran.code, texts, peak)
 }
 
+/// The peak RSS of a harmless run of `behaviour`, taken on a second run so
+/// that compiling the component (once, into the cache) is not part of it.
+fn baseline(server: &ProviderServer, behaviour: &str, limits: &[&str]) -> u64 {
+    measured(server, behaviour, &["a", "b"], limits);
+    let (code, texts, peak) = measured(server, behaviour, &["a", "b"], limits);
+    assert_eq!((code, texts[0].as_str()), (Some(0), "ok:a"), "{behaviour}");
+    peak
+}
+
 #[test]
 fn host_resources_a_component_hoards_count_against_its_budget() {
     let server = ProviderServer::start();
     for budget in ["16", "256"] {
         let limits = ["--max-memory", "32", "--max-host-memory", budget, "--batch-size", "2"];
-        let (code, texts, baseline) = measured(&server, "echo", &["a", "b"], &limits);
-        assert_eq!((code, texts[0].as_str()), (Some(0), "ok:a"));
+        let baseline = baseline(&server, "echo", &limits);
         let ceiling = baseline + (32 << 20) + (budget.parse::<u64>().unwrap() << 20) + RSS_SLACK;
         for behaviour in ["hoard-fields", "hoard-bodies", "hoard-urls"] {
             let (code, errors, peak) = measured(&server, behaviour, &["a", "b"], &limits);
@@ -305,6 +313,34 @@ fn header_fields_over_the_hosts_limit_stop_the_component_with_that_limit_named()
         errors(&rows),
         ["component: the component exceeded the host's limit of 8 KiB on one set of header fields"]
     );
+}
+
+#[test]
+fn every_attack_leaves_the_host_within_its_limits() {
+    let server = ProviderServer::start();
+    let authority = server.addr().to_string();
+    let limits = ["--max-memory", "32", "--max-host-memory", "16", "--batch-size", "2", "--call-timeout", "2"];
+    let ceiling = |baseline: u64| baseline + (32 << 20) + (16 << 20) + RSS_SLACK;
+    let remote = baseline(&server, "echo", &limits);
+    // `local*` behaviours load the embedded model: their baseline does too.
+    let local = baseline(&server, "local-echo", &limits);
+    for (behaviour, prompts, baseline) in [
+        ("memory", ["a", "b"], remote),
+        ("loop", ["a", "b"], remote),
+        ("chatty", ["a", "b"], remote),
+        ("knock", ["10.0.0.1:9", "10.0.0.2:9"], remote),
+        ("flood", [authority.as_str(), "b"], remote),
+        ("local-bad", ["a", "b"], local),
+        ("local-flood", ["a", "b"], local),
+    ] {
+        let (_, _, peak) = measured(&server, behaviour, &prompts, &limits);
+        eprintln!("{behaviour}: peak RSS {} MiB (baseline {} MiB)", peak >> 20, baseline >> 20);
+        assert!(
+            peak <= ceiling(baseline),
+            "{behaviour}: peak RSS {peak} over {} (baseline {baseline})",
+            ceiling(baseline)
+        );
+    }
 }
 
 #[test]
