@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bindings;
+pub mod calls;
 pub mod config;
 pub mod cost;
 pub mod dataset;

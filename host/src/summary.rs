@@ -69,29 +69,7 @@ impl Summary {
     pub fn estimated_cost(&self) -> Option<f64> {
         crate::cost::estimate(&self.provider, &self.model_id, self.input_tokens, self.output_tokens)
     }
-}
 
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let seconds = self.elapsed.as_secs_f64();
-        write!(
-            f,
-            "{} rows, {} failed, {} reused from saved work, tokens in {} / out {}, {} requests, {} rate-limit cuts (lowest concurrency {}), {:.2} s ({:.1} rows/s)",
-            self.rows,
-            self.failed,
-            self.reused,
-            self.input_tokens,
-            self.output_tokens,
-            self.attempts,
-            self.rate_limit_cuts,
-            self.lowest_concurrency,
-            seconds,
-            if seconds > 0.0 { self.rows as f64 / seconds } else { 0.0 }
-        )
-    }
-}
-
-impl Summary {
     /// The `--report` document: the summary, plus the estimated cost, the
     /// date of the prices behind it, and the retries.
     pub fn report(&self) -> serde_json::Value {
@@ -121,6 +99,26 @@ impl Summary {
             self.output_tokens,
             cost,
             crate::cost::PRICES_AS_OF
+        )
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = self.elapsed.as_secs_f64();
+        write!(
+            f,
+            "{} rows, {} failed, {} reused from saved work, tokens in {} / out {}, {} requests, {} rate-limit cuts (lowest concurrency {}), {:.2} s ({:.1} rows/s)",
+            self.rows,
+            self.failed,
+            self.reused,
+            self.input_tokens,
+            self.output_tokens,
+            self.attempts,
+            self.rate_limit_cuts,
+            self.lowest_concurrency,
+            seconds,
+            if seconds > 0.0 { self.rows as f64 / seconds } else { 0.0 }
         )
     }
 }

@@ -5,8 +5,8 @@ pub mod embedded;
 pub use embedded::{EmbeddedError, EmbeddedModel};
 
 use crate::bindings::{LocalCompletion, LocalRequest, RowError};
+use crate::calls::Ticket;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The local model a run uses.
 #[derive(Clone)]
@@ -23,11 +23,12 @@ impl LocalModel {
     /// call with more than `max_requests` (the run's batch size) fails every
     /// row, and a request outside the WIT's ranges, or whose prompt cannot
     /// fit the model, fails its own row. With no local model configured,
-    /// every request fails.
+    /// every request fails. Decoding stops once `call` has ended.
     pub async fn generate(
         &self,
         requests: Vec<LocalRequest>,
         max_requests: usize,
+        call: Ticket,
     ) -> Vec<Result<LocalCompletion, RowError>> {
         if requests.len() > max_requests {
             let message = format!(
@@ -53,14 +54,18 @@ impl LocalModel {
                 Err(message) => results.push(Some(Err(RowError::InvalidRequest(message)))),
             }
         }
-        let mut answers = self.generate_valid(valid).await.into_iter();
+        let mut answers = self.generate_valid(valid, call).await.into_iter();
         // A backend that answers fewer requests than it was given fails the
         // rest, rather than the host.
         let missing = || Err(RowError::Transport("the local model gave no answer for this request".into()));
         results.into_iter().map(|result| result.unwrap_or_else(|| answers.next().unwrap_or_else(missing))).collect()
     }
 
-    async fn generate_valid(&self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
+    async fn generate_valid(
+        &self,
+        requests: Vec<LocalRequest>,
+        call: Ticket,
+    ) -> Vec<Result<LocalCompletion, RowError>> {
         if requests.is_empty() {
             return Vec::new();
         }
@@ -71,12 +76,10 @@ impl LocalModel {
             LocalModel::Embedded(model) => {
                 let model = Arc::clone(model);
                 let count = requests.len();
-                // Dropped with this future when the component's call ends
-                // (its deadline, or the run stopping): decoding stops then.
-                let ended = CallEnded::default();
-                let flag = Arc::clone(&ended.0);
+                // The component's call ends at its deadline too, or when the
+                // run stops: decoding stops before its next step then.
+                let stop = move || !call.is_live();
                 // The model computes on the CPU: keep it off the async workers.
-                let stop = move || flag.load(Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || model.generate_until(&requests, &stop)).await.unwrap_or_else(
                     |error| {
                         let message = format!("the local model failed: {error}");
@@ -93,17 +96,6 @@ impl LocalModel {
             LocalModel::Unavailable => String::new(),
             LocalModel::Embedded(model) => model.identity().to_string(),
         }
-    }
-}
-
-/// Set when dropped: the future of a `local-model` call is dropped when the
-/// call ends, whether it returned or was cut off at its deadline.
-#[derive(Default)]
-struct CallEnded(Arc<AtomicBool>);
-
-impl Drop for CallEnded {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -159,22 +151,17 @@ mod tests {
         assert!(check(&request(), 10).unwrap_err().contains("11 bytes"));
     }
 
-    #[test]
-    fn the_end_of_a_call_is_seen_by_the_decoder() {
-        let ended = CallEnded::default();
-        let flag = Arc::clone(&ended.0);
-        assert!(!flag.load(Ordering::Relaxed));
-        drop(ended);
-        assert!(flag.load(Ordering::Relaxed));
-    }
-
     #[tokio::test]
     async fn too_many_requests_fail_every_row_and_bad_ones_fail_in_place() {
         let local = LocalModel::Unavailable;
-        let results = local.generate(vec![request(); 3], 2).await;
+        let scope = crate::calls::CallScope::default();
+        scope.begin();
+        let results = local.generate(vec![request(); 3], 2, scope.ticket()).await;
         assert_eq!(results.len(), 3);
         assert!(results.iter().all(|r| matches!(r, Err(RowError::InvalidRequest(m)) if m.contains("at most 2"))));
-        let results = local.generate(vec![request(), LocalRequest { max_tokens: 0, ..request() }, request()], 3).await;
+        let results = local
+            .generate(vec![request(), LocalRequest { max_tokens: 0, ..request() }, request()], 3, scope.ticket())
+            .await;
         assert!(matches!(&results[1], Err(RowError::InvalidRequest(m)) if m.contains("max_tokens")), "{results:?}");
         assert!(matches!(&results[0], Err(RowError::InvalidRequest(m)) if m.contains("no local model")));
         assert!(matches!(&results[2], Err(RowError::InvalidRequest(m)) if m.contains("no local model")));

@@ -13,13 +13,14 @@ mod client;
 pub use allowlist::{Allowlist, CREDENTIAL_HEADERS, Denials, Denied, Destination, Origin};
 pub use client::{HttpClient, IN_FLIGHT_WINDOW, download_client, full_body, http_client};
 
+use crate::calls::CallScope;
 use crate::pace::Pacer;
 use bytes::Bytes;
 use client::client_error;
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
@@ -42,7 +43,8 @@ const PEEK_BYTES: usize = IN_FLIGHT_WINDOW;
 pub struct Outbound {
     allowlist: Allowlist,
     denials: Denials,
-    /// The calls of the store these hooks serve (see [`CallScope`]).
+    /// The calls of the store these hooks serve: a request belongs to the
+    /// call that made it.
     scope: CallScope,
     /// The store's requests queued or in flight.
     in_flight: InFlight,
@@ -152,19 +154,19 @@ impl WasiHttpHooks for Outbound {
         let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(self.request_timeout);
         // A request belongs to the call that made it: one still waiting (on
         // the pacer, say) when that call has ended is never sent.
-        let (scope, made_in) = (self.scope.clone(), self.scope.current());
+        let call = self.scope.ticket();
         let ended = || {
             tracing::debug!("dropped a request whose call has ended");
             HttpError::HttpRequestDenied
         };
         Box::new(async move {
             decision?;
-            if !scope.is_live(made_in) {
+            if !call.is_live() {
                 return Err(ended());
             }
             let (request, tokens) = if pacer.counts_tokens() { estimate_tokens(request).await? } else { (request, 0) };
             let permit = pacer.admit(tokens).await;
-            if !scope.is_live(made_in) {
+            if !call.is_live() {
                 return Err(ended());
             }
             // The deadline runs from admission: time spent waiting on the
@@ -189,33 +191,6 @@ impl WasiHttpHooks for Outbound {
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
             Ok((response, done))
         })
-    }
-}
-
-/// The calls into one store's component, counted: odd while a call runs,
-/// even between calls. A request remembers the count it was made at and is
-/// live only while that same call runs.
-#[derive(Clone, Default)]
-pub struct CallScope(Arc<AtomicU64>);
-
-impl CallScope {
-    /// A call starts.
-    pub fn begin(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The call ends, returned or cut off: its requests not yet sent never
-    /// will be.
-    pub fn end(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn current(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    fn is_live(&self, made_in: u64) -> bool {
-        made_in % 2 == 1 && self.current() == made_in
     }
 }
 

@@ -12,8 +12,9 @@ use crate::bindings::{
     BatchPlugin, BatchPluginPre, Config, ConfigProblem, Generation, LocalCompletion, LocalRequest, ModelInfo,
     RequestPreview, RowError,
 };
+use crate::calls::CallScope;
 use crate::local::LocalModel;
-use crate::outbound::{CallScope, Outbound};
+use crate::outbound::Outbound;
 use sandbox::{EpochTicker, GuestLog, Limits, StderrTail};
 use sha2::Digest;
 use std::future::Future;
@@ -178,6 +179,7 @@ impl Plugin {
             outbound,
             local,
             batch_size: self.limits.batch_size,
+            scope: scope.clone(),
             limits: self.limits.store_limits(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -365,6 +367,9 @@ pub struct State {
     local: LocalModel,
     /// Requests one `local-model` call may carry.
     batch_size: usize,
+    /// The calls into this store's component: the local model's work
+    /// belongs to the call that asked for it.
+    scope: CallScope,
     limits: StoreLimits,
 }
 
@@ -384,6 +389,6 @@ impl crate::bindings::batchgen::plugin::types::Host for State {}
 
 impl crate::bindings::batchgen::plugin::local_model::Host for State {
     async fn generate(&mut self, requests: Vec<LocalRequest>) -> Vec<Result<LocalCompletion, RowError>> {
-        self.local.generate(requests, self.batch_size).await
+        self.local.generate(requests, self.batch_size, self.scope.ticket()).await
     }
 }
