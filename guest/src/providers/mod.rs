@@ -6,8 +6,8 @@ mod openai;
 
 use crate::batchgen::plugin::types::{ProviderError, RowError};
 use crate::config::Plan;
-use crate::url::BaseUrl;
 use crate::models::Provider;
+use crate::url::BaseUrl;
 
 /// A request ready for `wasi:http`, without credentials: the host adds those.
 pub struct HttpRequest {
@@ -73,7 +73,14 @@ pub fn build_request(plan: &Plan, kind: Provider, server: &BaseUrl, model_id: &s
     // A declared length spares servers a chunked body, and lets the host
     // size the request without reading it whole.
     headers.push(("content-length".to_string(), body.len().to_string().into_bytes()));
-    HttpRequest { get: false, https: server.https, authority: server.authority.clone(), path: server.join(path), headers, body }
+    HttpRequest {
+        get: false,
+        https: server.https,
+        authority: server.authority.clone(),
+        path: server.join(path),
+        headers,
+        body,
+    }
 }
 
 /// The provider's model list (`GET /v1/models`), for the preflight check

@@ -27,8 +27,7 @@ pub fn body(plan: &Plan, model_id: &str, input: &str) -> Value {
     if let Some(top_p) = plan.top_p {
         body.insert("top_p".into(), json!(top_p));
     }
-    let max_tokens_field =
-        if uses_max_completion_tokens(model_id) { "max_completion_tokens" } else { "max_tokens" };
+    let max_tokens_field = if uses_max_completion_tokens(model_id) { "max_completion_tokens" } else { "max_tokens" };
     body.insert(max_tokens_field.into(), json!(plan.max_tokens));
     Value::Object(body)
 }

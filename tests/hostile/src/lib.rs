@@ -5,7 +5,8 @@
 //!   `memory`: allocates without end; `panic`: panics;
 //! - `boom`: panics only for a batch with an input containing "boom";
 //! - `few` / `many`: one result too few / too many;
-//! - `outside`: requests a host the operator did not allow;
+//! - `outside` (`local-outside` as a `Local` model): requests each input's
+//!   authority, the first allowed, the others not;
 //! - `snoop`: reads environment variables, arguments, files, sockets;
 //! - `authorization`: sets its own credential headers;
 //! - `chatty`: writes megabytes to stdout and stderr;
@@ -263,7 +264,7 @@ impl Guest for Hostile {
                 results.push(answer("extra".into()));
                 results
             }
-            "outside" => {
+            "outside" | "local-outside" => {
                 // The allowed provider is the first input; the second is not allowed.
                 inputs.iter().map(|authority| answer(request(authority, &[]))).collect()
             }

@@ -124,6 +124,35 @@ fn requests_outside_the_allowlist_are_denied() {
 }
 
 #[test]
+fn a_local_run_reaches_its_local_servers_only_and_only_they_get_the_local_key() {
+    let (local, provider) = (ProviderServer::start(), ProviderServer::start());
+    let rows = [local.addr().to_string(), provider.addr().to_string(), "169.254.169.254:80".to_string()];
+    let rows: Vec<Value> = rows.iter().map(|p| json!({"prompt": p})).collect();
+    let (_dir, input, output) = dataset(&rows);
+    let ran = harness::run(
+        harness::batchgen()
+            .args(["run", "--no-preflight", "--component", HOSTILE, "--generation-model", "local-outside"])
+            .args(["--input-column", "prompt", "--output-column", "answer", "--local-url"])
+            .arg(local.openai_base_url())
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .env("OPENAI_API_KEY", OPENAI_KEY)
+            .env("OPENAI_BASE_URL", provider.openai_base_url())
+            .env("BATCHGEN_LOCAL_API_KEY", "sk-local"),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let rows = read_jsonl(&output);
+    assert_eq!(rows[0]["answer"], "status 200", "the local server is reachable");
+    for row in &rows[1..] {
+        assert!(row["answer"].as_str().unwrap().contains("HttpRequestDenied"), "{row}");
+    }
+    assert!(provider.requests().is_empty(), "a Local run does not reach the provider");
+    assert_eq!(local.requests()[0].header("authorization"), Some("Bearer sk-local"));
+}
+
+#[test]
 fn the_component_sees_no_environment_files_or_sockets() {
     let server = ProviderServer::start();
     let target = server.addr().to_string();
