@@ -35,6 +35,11 @@ pub struct Summary {
     pub rate_limit_cuts: u64,
     /// The lowest concurrency limit of the run.
     pub lowest_concurrency: usize,
+    /// The mean concurrency limit requests were admitted under: what the
+    /// run settled at.
+    pub mean_concurrency: f64,
+    /// Answers that were 429, 503 or 529, retried or not.
+    pub throttled: u64,
     /// Requests the component made to destinations the run does not allow.
     pub denied_requests: u64,
     /// Wall-clock time since the run started; seconds in the JSON.

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -92,6 +92,16 @@ pub struct ServerOptions {
     /// the request budget is spent: `x-ratelimit-remaining-requests: 0` and
     /// `x-ratelimit-reset-requests` of `reset`.
     pub exhaust_every: Option<(u32, Duration)>,
+    /// A real rate limit: a token bucket of generation requests refilled at
+    /// this many per second, holding at most one second's worth. A request
+    /// finding it empty gets the provider's 429 with `retry-after` (and
+    /// OpenAI's `retry-after-ms`) and the limit's headers saying none are
+    /// left until the next token; successes say how many are left.
+    pub rate_limit_per_second: Option<f64>,
+    /// When `Some((first, count))`, the generation requests numbered
+    /// `first` to `first + count - 1` (in arrival order, from 0) get an
+    /// overload: Anthropic's 529 `overloaded_error`, OpenAI's 503.
+    pub overload_burst: Option<(u64, u64)>,
 }
 
 /// Random *retryable* faults on generation requests. Each rate is the
@@ -104,7 +114,8 @@ pub struct ServerOptions {
 pub struct FaultPlan {
     pub seed: u64,
     /// 429 rate-limit error with `retry-after: 1` (and OpenAI's
-    /// `retry-after-ms: 10`).
+    /// `retry-after-ms: 10`) but no rate-limit headers: the provider
+    /// shedding load it does not put down to the key's limits.
     pub rate_429: f64,
     /// 500 (`api_error` / `server_error`).
     pub rate_500: f64,
@@ -188,12 +199,16 @@ impl ProviderServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("make the listener non-blocking");
         let addr = listener.local_addr().expect("listener address");
+        let full_bucket = options.rate_limit_per_second.unwrap_or(0.0);
         let shared = Arc::new(Shared {
             options,
             log: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             successes: AtomicUsize::new(0),
+            generations: AtomicU64::new(0),
+            // Full: one second's worth of requests.
+            bucket: Mutex::new((full_bucket, std::time::Instant::now())),
             released: watch::Sender::new(false),
         });
         let (stop, stopped) = oneshot::channel();
@@ -258,6 +273,10 @@ struct Shared {
     max_in_flight: AtomicUsize,
     /// Successful generation answers, for `exhaust_every`.
     successes: AtomicUsize,
+    /// Generation requests so far, for `overload_burst`.
+    generations: AtomicU64,
+    /// The token bucket of `rate_limit_per_second`: tokens, and when counted.
+    bucket: Mutex<(f64, std::time::Instant)>,
     /// Becomes `true`, for good, once `hold_until_in_flight` is reached.
     released: watch::Sender<bool>,
 }
@@ -368,8 +387,21 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
         tokio::time::sleep(shared.options.latency).await;
     }
     let over_limit = shared.options.max_concurrent.is_some_and(|n| in_flight.1 > n);
-    match decide(&shared.options, &request, attempt, over_limit) {
+    let generates =
+        request.method == "POST" && matches!(request.path.as_str(), "/v1/chat/completions" | "/v1/messages");
+    let limits = if generates { shared.limits() } else { Limits::default() };
+    match decide(&shared.options, &request, attempt, over_limit, limits) {
         Answer::Reply(mut reply) => {
+            if let (Some(rate), Some(left)) = (shared.options.rate_limit_per_second, limits.left) {
+                let per_minute = (rate * 60.0) as u64;
+                match limits.wait {
+                    Some(wait) => {
+                        reply.requests_left(0, per_minute, wait);
+                        reply.retry_after(wait);
+                    }
+                    None => reply.requests_left(left, per_minute, Duration::from_secs_f64(1.0 / rate)),
+                }
+            }
             if let Some((n, reset)) = shared.options.exhaust_every {
                 let generated =
                     reply.status == 200 && request.method == "POST" && request.path == "/v1/chat/completions";
@@ -386,9 +418,47 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
     }
 }
 
-/// The answer to the `attempt`-th request for this request's row: a pure
-/// function, so the same inputs always get the same answer.
-fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over_limit: bool) -> Answer {
+/// What the server-wide limits say of one generation request.
+#[derive(Clone, Copy, Debug, Default)]
+struct Limits {
+    /// Requests left in the bucket after this one, under a rate limit.
+    left: Option<u64>,
+    /// The bucket was empty: wait this long for the next token.
+    wait: Option<Duration>,
+    /// Within the overload burst.
+    overloaded: bool,
+}
+
+impl Shared {
+    /// Counts a generation request against the burst and the bucket.
+    fn limits(&self) -> Limits {
+        let n = self.generations.fetch_add(1, Ordering::SeqCst);
+        let overloaded = self.options.overload_burst.is_some_and(|(first, count)| (first..first + count).contains(&n));
+        let Some(rate) = self.options.rate_limit_per_second else { return Limits { overloaded, ..Limits::default() } };
+        let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let (tokens, at) = *bucket;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate);
+        if tokens >= 1.0 {
+            *bucket = (tokens - 1.0, now);
+            Limits { left: Some((tokens - 1.0) as u64), wait: None, overloaded }
+        } else {
+            *bucket = (tokens, now);
+            Limits { left: Some(0), wait: Some(Duration::from_secs_f64((1.0 - tokens) / rate)), overloaded }
+        }
+    }
+}
+
+/// The answer to the `attempt`-th request for this request's row, given
+/// the server-wide `limits`: a pure function, so the same inputs always get
+/// the same answer.
+fn decide(
+    options: &ServerOptions,
+    request: &RecordedRequest,
+    attempt: u32,
+    over_limit: bool,
+    limits: Limits,
+) -> Answer {
     let (path, row) = request.row_key();
     let seed = faults::fnv1a(&format!("{path}\n{row}")) ^ u64::from(attempt);
     let id = format!("{:016x}{:08x}", faults::splitmix64(seed), faults::splitmix64(!seed) >> 32);
@@ -429,11 +499,15 @@ fn decide(options: &ServerOptions, request: &RecordedRequest, attempt: u32, over
     let model = request.body["model"].as_str().unwrap_or_default();
     let success = || Completion::echo(api, &request.body).reply(api, model, &id);
     let fault = faults::directive(&row, attempt)
-        .or_else(|| over_limit.then_some(Fault::Status(429)))
+        .or_else(|| (over_limit || limits.wait.is_some()).then_some(Fault::Status(429)))
+        .or_else(|| limits.overloaded.then_some(Fault::Status(529)))
         .or_else(|| options.faults.draw(&format!("{path}\n{row}"), attempt));
     match fault {
         None => Answer::Reply(success()),
         Some(Fault::Status(status)) => fail(ApiError::for_status(api, status, model)),
+        Some(Fault::Throttled) => {
+            Answer::Reply(ApiError::for_status(api, 429, model).reply(api, &request_id).without_limit_headers())
+        }
         Some(Fault::Quota) => fail(ApiError::quota(api)),
         Some(Fault::Reset) => Answer::Reset,
         Some(Fault::Hang) => Answer::Hang,

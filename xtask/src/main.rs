@@ -11,6 +11,8 @@
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 
+mod throughput;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 
@@ -20,7 +22,7 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "test" => setup().and_then(|()| test()),
         "example" => setup().and_then(|()| example()),
-        "bench" => setup().and_then(|()| bench(std::env::args().skip(2).collect())),
+        "bench" => setup().and_then(|()| throughput::bench(std::env::args().skip(2).collect())),
         "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
         "bench-start" => setup().and_then(|()| bench_start()),
         "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
@@ -167,85 +169,6 @@ fn example() -> Result<(), String> {
     let text = std::fs::read_to_string(&output).map_err(|e| e.to_string())?;
     println!("{text}");
     eprintln!("xtask: wrote {} with the embedded Local model (SmolLM2-135M-Instruct)", output.display());
-    Ok(())
-}
-
-/// Throughput benchmark: `rows` rows through the release binary at
-/// `batch` requests in flight against the stand-in server answering after
-/// `latency_ms`. Reports rows/s, the ratio to the ideal
-/// `rows / batch × latency`, host CPU per row and peak RSS, measured on the
-/// batchgen process alone (the server runs in its own process).
-///
-/// `cargo xtask bench [ROWS] [BATCH] [LATENCY_MS]`, default 3000 128 200.
-fn bench(args: Vec<String>) -> Result<(), String> {
-    let number =
-        |i: usize, default: u64| args.get(i).map_or(Ok(default), |a| a.parse::<u64>().map_err(|e| format!("{a}: {e}")));
-    let (rows, batch, latency_ms) = (number(0, 3000)?, number(1, 128)?, number(2, 200)?);
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "batchgen",
-        "--package",
-        "batchgen-tests",
-        "--bin",
-        "batchgen",
-        "--bin",
-        "provider-server",
-    ]))?;
-    let release = root().join("target/release");
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let input = dir.join(format!("input-{rows}.jsonl"));
-    let mut text = String::new();
-    for i in 0..rows {
-        text.push_str(&format!("{{\"id\": {i}, \"prompt\": \"Write one sentence about the number {i}.\"}}\n"));
-    }
-    std::fs::write(&input, text).map_err(|e| e.to_string())?;
-
-    let mut server = StandIn::start_with(&release.join("provider-server"), &["--latency-ms", &latency_ms.to_string()])?;
-    let measure = |rows_in: &std::path::Path| -> Result<Measured, String> {
-        let mut command = Command::new(release.join("batchgen"));
-        command
-            .args(["run", "--input"])
-            .arg(rows_in)
-            .arg("--output")
-            .arg(dir.join("output.jsonl"))
-            .args(["--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer"])
-            .args(["--batch-size", &batch.to_string()])
-            // Every run generates every row: without it, a second `cargo
-            // xtask bench` would only read the first one's saved work.
-            .arg("--fresh")
-            .env("OPENAI_BASE_URL", &server.openai_base_url)
-            .env("OPENAI_API_KEY", "bench-key")
-            .env("BATCHGEN_CACHE_DIR", dir.join("component-cache"))
-            .stderr(Stdio::null());
-        Measured::run(&mut command)
-    };
-    // Warm the compiled-component cache so the figures are a steady run's.
-    let warm_up = dir.join("warm-up.jsonl");
-    std::fs::write(&warm_up, "{\"prompt\": \"hi\"}\n").map_err(|e| e.to_string())?;
-    measure(&warm_up)?;
-    let result = measure(&input);
-    server.stop();
-    let measured = result?;
-
-    let ideal = rows as f64 / batch as f64 * latency_ms as f64 / 1000.0;
-    println!("rows {rows}, batch size {batch}, server latency {latency_ms} ms");
-    println!("wall time        {:.3} s (ideal {ideal:.3} s)", measured.wall);
-    println!("rows/s           {:.1}", rows as f64 / measured.wall);
-    println!("ratio to ideal   {:.3}", ideal / measured.wall);
-    println!(
-        "CPU per row      {:.3} ms (user {:.3} s + sys {:.3} s)",
-        (measured.user + measured.system) * 1000.0 / rows as f64,
-        measured.user,
-        measured.system
-    );
-    println!("peak RSS         {:.1} MiB", measured.max_rss_kib as f64 / 1024.0);
-    if measured.exit != 0 {
-        return Err(format!("batchgen exited with {}", measured.exit));
-    }
     Ok(())
 }
 

@@ -17,11 +17,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
-/// Batches in flight at once. With two, the next batch's requests are
-/// already queued at the pacer while the previous batch's slowest ones
-/// finish, so the concurrency limit stays full between batches; outputs are
-/// still written strictly in order.
-const BATCH_WINDOW: usize = 2;
+/// Batches in flight at once when rows go over HTTP. A batch's call lasts
+/// until its slowest row is done, which under faults means a row or two
+/// waiting out a retry backoff of seconds; with several batches open, the
+/// later ones' requests (queued first come, first served at the pacer) keep
+/// the concurrency limit full meanwhile. Outputs are still written strictly
+/// in order, so at most this many batches of rows are held.
+const BATCH_WINDOW: usize = 8;
+/// Batches in flight at once for the `local-model` import: the embedded
+/// model decodes one call at a time, so two keep it busy.
+const LOCAL_BATCH_WINDOW: usize = 2;
 /// An instance is replaced after this many rows, so that anything it or
 /// its WASI resources leak (wasmtime-wasi-http 48 leaks a table entry per
 /// request in some paths) stays bounded. A new instance costs ~0.1 ms.
@@ -41,6 +46,8 @@ pub(super) struct Window {
     reader: Reader,
     writer: Writer,
     batch_size: usize,
+    /// Batches in flight at most.
+    window: usize,
     /// Instances not generating right now.
     idle: Vec<Session>,
     /// Batches read but not yet written, by sequence number; a batch's
@@ -59,6 +66,12 @@ impl Window {
     pub async fn open(options: &RunOptions, prepared: Prepared) -> Result<Window, RunError> {
         let Prepared { plugin, config, model, client, destinations, local, survey, probe } = prepared;
         drop(probe);
+        // `Local` without servers: the local-model import.
+        let window = if model.provider == Provider::Local && destinations.is_empty() {
+            LOCAL_BATCH_WINDOW
+        } else {
+            BATCH_WINDOW
+        };
         let job = &options.job;
         let journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
         let component = options.component.as_ref().map(|_| plugin.digest());
@@ -73,8 +86,8 @@ impl Window {
         let outbound = Outbound::new(destinations, client, Arc::clone(&pacer))
             .with_reply_cap(options.limits.max_reply_bytes)
             .with_request_timeout(job.request_timeout);
-        let mut idle = Vec::with_capacity(BATCH_WINDOW);
-        for _ in 0..BATCH_WINDOW {
+        let mut idle = Vec::with_capacity(window);
+        for _ in 0..window {
             idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
         }
         // Fail in a second, not after a batch: credentials and model id.
@@ -99,6 +112,7 @@ impl Window {
             reader,
             writer,
             batch_size: job.batch_size as usize,
+            window,
             idle,
             pending: BTreeMap::new(),
             tasks: JoinSet::new(),
@@ -116,7 +130,7 @@ impl Window {
     /// Reads batches while the window has room, and starts generating the
     /// rows of each that have no saved work.
     pub fn fill(&mut self) -> Result<(), RunError> {
-        while !self.exhausted && self.pending.len() < BATCH_WINDOW && !self.idle.is_empty() {
+        while !self.exhausted && self.pending.len() < self.window && !self.idle.is_empty() {
             let Some(chunk) = self.reader.next_chunk(self.batch_size)? else {
                 self.exhausted = true;
                 break;
@@ -217,6 +231,8 @@ impl Window {
         let pace = pacer.stats();
         summary.rate_limit_cuts = pace.cuts;
         summary.lowest_concurrency = pace.lowest_limit;
+        summary.mean_concurrency = pace.mean_limit();
+        summary.throttled = pace.throttled;
         writer.finish()?;
         Ok(summary)
     }

@@ -1,8 +1,12 @@
 //! The test provider server as a process, for benchmarks and trying
-//! batchgen by hand: `provider-server [--latency-ms N]`. Prints the OpenAI
-//! and Anthropic base URLs, then serves until killed.
+//! batchgen by hand. Prints the OpenAI and Anthropic base URLs, then serves
+//! until killed.
+//!
+//! `provider-server [--latency-ms N] [--api-key KEY] [--rate-limit PER_SECOND]
+//! [--faults seed=S,429=R,500=R,529=R,reset=R,hang=R,truncate=R,malformed=R]
+//! [--overload-burst FIRST:COUNT]`
 
-use batchgen_tests::provider::{ProviderServer, ServerOptions};
+use batchgen_tests::provider::{FaultPlan, ProviderServer, ServerOptions};
 use std::time::Duration;
 
 fn main() {
@@ -15,7 +19,17 @@ fn main() {
                 options.latency = Duration::from_millis(value);
             }
             "--api-key" => options.api_key = Some(args.next().expect("--api-key takes a value")),
-            other => panic!("unknown argument {other:?}; expected --latency-ms N or --api-key KEY"),
+            "--rate-limit" => {
+                let value = args.next().and_then(|v| v.parse().ok()).expect("--rate-limit takes requests per second");
+                options.rate_limit_per_second = Some(value);
+            }
+            "--faults" => options.faults = faults(&args.next().expect("--faults takes a list")),
+            "--overload-burst" => {
+                let value = args.next().expect("--overload-burst takes FIRST:COUNT");
+                let (first, count) = value.split_once(':').expect("--overload-burst takes FIRST:COUNT");
+                options.overload_burst = Some((first.parse().expect("FIRST"), count.parse().expect("COUNT")));
+            }
+            other => panic!("unknown argument {other:?}; see the source's first lines"),
         }
     }
     let server = ProviderServer::start_with(options);
@@ -27,4 +41,25 @@ fn main() {
     loop {
         std::thread::park();
     }
+}
+
+/// `seed=S,429=R,...`: a fault plan.
+fn faults(list: &str) -> FaultPlan {
+    let mut plan = FaultPlan::default();
+    for item in list.split(',') {
+        let (name, value) = item.split_once('=').expect("faults are NAME=VALUE");
+        let rate = || value.parse::<f64>().expect("a rate is a number");
+        match name {
+            "seed" => plan.seed = value.parse().expect("the seed is a number"),
+            "429" => plan.rate_429 = rate(),
+            "500" => plan.rate_500 = rate(),
+            "529" => plan.rate_529 = rate(),
+            "reset" => plan.rate_reset = rate(),
+            "hang" => plan.rate_hang = rate(),
+            "truncate" => plan.rate_truncate = rate(),
+            "malformed" => plan.rate_malformed = rate(),
+            other => panic!("unknown fault {other:?}"),
+        }
+    }
+    plan
 }

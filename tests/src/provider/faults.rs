@@ -8,6 +8,8 @@ use super::FaultPlan;
 pub(super) enum Fault {
     /// The provider's real error body for this status.
     Status(u16),
+    /// A 429 without rate-limit headers: load shedding, not the key's limit.
+    Throttled,
     /// A 429 that means "out of money", which a client must not retry.
     Quota,
     /// Close the connection without any response.
@@ -59,7 +61,7 @@ impl FaultPlan {
     /// the same faults on the same attempts.
     pub(super) fn draw(&self, key: &str, attempt: u32) -> Option<Fault> {
         let rates = [
-            (self.rate_429, Fault::Status(429)),
+            (self.rate_429, Fault::Throttled),
             (self.rate_500, Fault::Status(500)),
             (self.rate_529, Fault::Status(529)),
             (self.rate_reset, Fault::Reset),
@@ -122,7 +124,7 @@ mod tests {
         let again: Vec<_> = (0..2000).map(|i| plan.draw(&format!("row {i}"), 1)).collect();
         assert_eq!(draws, again);
         let count = |f| draws.iter().filter(|d| **d == Some(f)).count();
-        assert!((400..600).contains(&count(Fault::Status(429))), "{}", count(Fault::Status(429)));
+        assert!((400..600).contains(&count(Fault::Throttled)), "{}", count(Fault::Throttled));
         assert!((400..600).contains(&count(Fault::Reset)), "{}", count(Fault::Reset));
         assert_eq!(FaultPlan::default().draw("row", 1), None);
     }

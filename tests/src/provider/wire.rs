@@ -36,6 +36,33 @@ impl Reply {
         self.headers.push(("x-ratelimit-reset-requests".into(), format!("{}ms", reset.as_millis())));
     }
 
+    /// Drops the rate-limit headers: a 429 that says nothing of the key's
+    /// limits.
+    pub(super) fn without_limit_headers(mut self) -> Self {
+        self.headers.retain(|(name, _)| !name.starts_with("x-ratelimit-") && !name.starts_with("anthropic-ratelimit-"));
+        self
+    }
+
+    /// Says how many requests the key has left, and when the next comes.
+    pub(super) fn requests_left(&mut self, left: u64, per_minute: u64, reset: Duration) {
+        self.headers.retain(|(name, _)| !name.contains("ratelimit-") || !name.contains("requests"));
+        let reset_ms = format!("{}ms", reset.as_millis().max(1));
+        self.headers.push(("x-ratelimit-limit-requests".into(), per_minute.to_string()));
+        self.headers.push(("x-ratelimit-remaining-requests".into(), left.to_string()));
+        self.headers.push(("x-ratelimit-reset-requests".into(), reset_ms));
+        let at = rfc3339(SystemTime::now() + reset);
+        self.headers.push(("anthropic-ratelimit-requests-limit".into(), per_minute.to_string()));
+        self.headers.push(("anthropic-ratelimit-requests-remaining".into(), left.to_string()));
+        self.headers.push(("anthropic-ratelimit-requests-reset".into(), at));
+    }
+
+    /// Asks the client to wait `wait` before trying again.
+    pub(super) fn retry_after(&mut self, wait: Duration) {
+        self.headers.retain(|(name, _)| name != "retry-after" && name != "retry-after-ms");
+        self.headers.push(("retry-after".into(), wait.as_secs_f64().ceil().max(1.0).to_string()));
+        self.headers.push(("retry-after-ms".into(), wait.as_millis().max(1).to_string()));
+    }
+
     fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

@@ -185,3 +185,67 @@ async fn next_batch_starts_while_a_slow_row_finishes() {
         ["echo: slow #hang=1", "echo: b", "echo: c", "echo: d"]
     );
 }
+
+/// A run of `rows` rows at batch size `batch` against `server`; every row
+/// must get through.
+async fn settled(server: &ProviderServer, rows: usize, batch: u32) -> batchgen::summary::Summary {
+    let (_dir, input, output) = dataset(&numbered_rows(rows));
+    let mut job = job("gpt-4o-mini");
+    job.batch_size = batch;
+    job.max_attempts = 10;
+    let summary = run(&options(server, &input, &output, job)).await.unwrap();
+    eprintln!(
+        "{} cuts, lowest {}, mean concurrency {:.1}, {} throttled, {} requests",
+        summary.rate_limit_cuts,
+        summary.lowest_concurrency,
+        summary.mean_concurrency,
+        summary.throttled,
+        summary.attempts
+    );
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    for (i, row) in read_jsonl(&output).iter().enumerate() {
+        assert_eq!(row["answer"], format!("echo: row {i}"));
+    }
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_429s_without_limit_headers_do_not_slow_the_run() {
+    // 15% of answers are 429s that name no spent limit, and 3% are 529s:
+    // a provider shedding load at random, not our key's limit.
+    let faults = FaultPlan { seed: 3, rate_429: 0.15, rate_529: 0.03, ..FaultPlan::default() };
+    let server = ProviderServer::start_with(ServerOptions { faults, ..ServerOptions::default() });
+    let summary = settled(&server, 600, 64).await;
+    assert!(summary.throttled > 60, "the faults must bite: {summary:?}");
+    assert_eq!(summary.rate_limit_cuts, 0, "{summary:?}");
+    assert!(summary.mean_concurrency >= 63.0, "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_overloads_slows_the_run_down() {
+    // The first 300 generation requests all get 529: the provider is down.
+    let server = ProviderServer::start_with(ServerOptions {
+        overload_burst: Some((0, 300)),
+        latency: Duration::from_millis(5),
+        ..ServerOptions::default()
+    });
+    let summary = settled(&server, 200, 64).await;
+    assert!(summary.rate_limit_cuts >= 2, "{summary:?}");
+    assert!(summary.lowest_concurrency <= 16, "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_bucket_limit_is_followed_with_few_429s() {
+    // 100 requests per second, one second's worth in the bucket; at 20 ms a
+    // request, 64 in flight would ask for 3,200 a second.
+    let server = ProviderServer::start_with(ServerOptions {
+        rate_limit_per_second: Some(100.0),
+        latency: Duration::from_millis(20),
+        ..ServerOptions::default()
+    });
+    let rows = 300;
+    let summary = settled(&server, rows, 64).await;
+    let requests = server.requests().iter().filter(|r| r.method == "POST").count();
+    assert!(requests - rows < rows / 2, "{requests} requests for {rows} rows: hammering the limit");
+    assert!(summary.mean_concurrency < 40.0, "{summary:?}");
+}
