@@ -88,7 +88,7 @@ struct RunArgs {
     #[arg(long)]
     dry_run: bool,
     /// Skip the check of key and model id (one request to the provider's
-    /// model list) made before a run.
+    /// model list, beside the first batch) that a run passes before it writes anything.
     #[arg(long)]
     no_preflight: bool,
     /// No progress output (errors and the final summary still print).

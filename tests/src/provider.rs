@@ -94,9 +94,9 @@ pub struct ServerOptions {
     pub exhaust_every: Option<(u32, Duration)>,
     /// A real rate limit: a token bucket of generation requests refilled at
     /// this many per second, holding at most one second's worth. A request
-    /// finding it empty gets the provider's 429 with `retry-after` (and
-    /// OpenAI's `retry-after-ms`) and the limit's headers saying none are
-    /// left until the next token; successes say how many are left.
+    /// finding it empty gets the provider's 429 with `retry-after` (whole
+    /// seconds) and the limit's headers saying none are left until the next
+    /// token; successes say how many are left.
     pub rate_limit_per_second: Option<f64>,
     /// When `Some((first, count))`, the generation requests numbered
     /// `first` to `first + count - 1` (in arrival order, from 0) get an

@@ -48,6 +48,8 @@ pub(super) struct Window {
     batch_size: usize,
     /// Batches in flight at most.
     window: usize,
+    /// The check of credentials and model id, until it has passed.
+    preflight: Option<tokio::task::JoinHandle<Result<Result<(), RowError>, PluginError>>>,
     /// Instances not generating right now.
     idle: Vec<Session>,
     /// Batches read but not yet written, by sequence number; a batch's
@@ -62,7 +64,8 @@ pub(super) struct Window {
 
 impl Window {
     /// Opens the journal, input and output, and starts the instances; with
-    /// `options.preflight`, checks credentials and model id with one request.
+    /// `options.preflight`, starts the check of credentials and model id
+    /// (one request), which the first batch's results wait for.
     pub async fn open(options: &RunOptions, prepared: Prepared) -> Result<Window, RunError> {
         let Prepared { plugin, config, model, client, destinations, local, survey, probe } = prepared;
         drop(probe);
@@ -90,10 +93,17 @@ impl Window {
         for _ in 0..window {
             idle.push(plugin.instantiate(outbound.clone(), local.clone()).await?);
         }
-        // Fail in a second, not after a batch: credentials and model id.
-        if options.preflight {
-            idle[0].preflight(&config).await?.map_err(|error| RunError::Preflight(error.describe()))?;
-        }
+        // Credentials and model id, checked by a request of its own while
+        // the first batch goes out: a bad key or model fails every request
+        // at no cost, and nothing is written before the check has passed,
+        // so a run fails as early, one round trip sooner when it succeeds.
+        let preflight = if options.preflight {
+            let mut session = plugin.instantiate(outbound.clone(), local.clone()).await?;
+            let config = config.clone();
+            Some(tokio::spawn(async move { session.preflight(&config).await }))
+        } else {
+            None
+        };
         let summary = Summary {
             model: model.label.clone(),
             provider: model.provider.name().to_string(),
@@ -113,6 +123,7 @@ impl Window {
             writer,
             batch_size: job.batch_size as usize,
             window,
+            preflight,
             idle,
             pending: BTreeMap::new(),
             tasks: JoinSet::new(),
@@ -178,6 +189,10 @@ impl Window {
     /// durable in the journal before anything else happens: a kill from then
     /// on repeats none of its rows.
     pub async fn collect(&mut self) -> Result<(), RunError> {
+        if let Some(preflight) = self.preflight.take() {
+            let checked = preflight.await.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+            checked?.map_err(|error| RunError::Preflight(error.describe()))?;
+        }
         let Some(joined) = self.tasks.join_next().await else { return Ok(()) };
         let (seq, session, results) = joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
         let results: Vec<Result<Generation, String>> = match results {

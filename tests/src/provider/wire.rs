@@ -56,11 +56,11 @@ impl Reply {
         self.headers.push(("anthropic-ratelimit-requests-reset".into(), at));
     }
 
-    /// Asks the client to wait `wait` before trying again.
+    /// Asks the client to wait `wait` before trying again, in whole seconds
+    /// as `retry-after` is written (at least 1).
     pub(super) fn retry_after(&mut self, wait: Duration) {
         self.headers.retain(|(name, _)| name != "retry-after" && name != "retry-after-ms");
         self.headers.push(("retry-after".into(), wait.as_secs_f64().ceil().max(1.0).to_string()));
-        self.headers.push(("retry-after-ms".into(), wait.as_millis().max(1).to_string()));
     }
 
     fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
