@@ -59,6 +59,7 @@ fn run(command: &mut Command) -> Result<(), String> {
 /// do the same without this repository.)
 fn setup() -> Result<(), String> {
     wasm_target()?;
+    native_build_tools()?;
     // The test command enforces the style with these two.
     for (tool, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
         let present = cargo().args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
@@ -67,6 +68,31 @@ fn setup() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What building llama.cpp (the embedded model's engine) needs besides a C++
+/// compiler: cmake, and libclang for its bindings. Installed with apt-get
+/// where they are missing and apt-get is there (Debian and Ubuntu, as root);
+/// elsewhere the message says what to install.
+fn native_build_tools() -> Result<(), String> {
+    let has_cmake = Command::new("cmake").arg("--version").output().is_ok_and(|o| o.status.success());
+    let has_libclang = std::env::var_os("LIBCLANG_PATH").is_some()
+        || Command::new("sh")
+            .args(["-c", "ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* 2>/dev/null | grep -q libclang"])
+            .status()
+            .is_ok_and(|s| s.success());
+    let has_compiler = Command::new("c++").arg("--version").output().is_ok_and(|o| o.status.success());
+    if has_cmake && has_libclang && has_compiler {
+        return Ok(());
+    }
+    let apt = Command::new("apt-get").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !apt {
+        return Err("building llama.cpp needs cmake, a C++ compiler and libclang: install them \
+                    (e.g. `brew install cmake llvm` and set LIBCLANG_PATH)"
+            .into());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "cmake", "libclang-dev", "g++"]))
 }
 
 /// `batchgen fetch-model` with `binary`, into `cache` (the user's cache when
