@@ -1,5 +1,5 @@
 //! Decoding speed of the embedded local model: tokens per second for one
-//! sequence, for a batch of 16 decoded together, and for 32 (the size the
+//! sequence, for a batch of 8 decoded together, and for 32 (the size the
 //! model decodes together): medians over rounds of one run each. Run in release by
 //! `cargo xtask bench-local [MODEL]`.
 
@@ -58,9 +58,9 @@ fn main() {
     };
     let started = Instant::now();
     let model = EmbeddedModel::load(&path, cache.as_deref(), 1).expect("the model loads");
-    println!("load (converted weights cached)  {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
+    println!("load {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
     let max_tokens = 64;
-    let sizes = [1usize, 16, 32];
+    let sizes = [1usize, 8, 32];
     // Rounds of one run per size, and each ratio taken within its round:
     // the machine's speed drifts over minutes, and runs seconds apart
     // share its state, so a ratio is not skewed by a drift between a slow
