@@ -78,7 +78,9 @@ fn native_build_tools() -> Result<(), String> {
     let has_cmake = Command::new("cmake").arg("--version").output().is_ok_and(|o| o.status.success());
     let has_libclang = std::env::var_os("LIBCLANG_PATH").is_some()
         || Command::new("sh")
-            .args(["-c", "ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* 2>/dev/null | grep -q libclang"])
+            // The development library (what libclang-dev installs), not only
+            // a runtime `libclang.so.1`: bindgen also needs clang's headers.
+            .args(["-c", "ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/*/libclang.so 2>/dev/null | grep -q ."])
             .status()
             .is_ok_and(|s| s.success());
     let has_compiler = Command::new("c++").arg("--version").output().is_ok_and(|o| o.status.success());
