@@ -98,7 +98,7 @@ fn embedded_model(options: &RunOptions) -> Result<LocalModel, RunError> {
         Some(path) => path.clone(),
         None => embedded::default_model::path(options.cache_dir.as_deref())?,
     };
-    let model = EmbeddedModel::load(&path, options.cache_dir.as_deref(), options.seed)?;
+    let model = EmbeddedModel::load(&path, options.seed)?;
     Ok(LocalModel::Embedded(Arc::new(model)))
 }
 

@@ -57,7 +57,7 @@ fn main() {
         None => batchgen::local::embedded::default_model::path(cache.as_deref()).expect("the default model is fetched"),
     };
     let started = Instant::now();
-    let model = EmbeddedModel::load(&path, cache.as_deref(), 1).expect("the model loads");
+    let model = EmbeddedModel::load(&path, 1).expect("the model loads");
     println!("load {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
     let max_tokens = 64;
     let sizes = [1usize, 8, 32];

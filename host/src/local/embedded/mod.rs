@@ -102,9 +102,9 @@ pub struct EmbeddedModel {
 }
 
 impl EmbeddedModel {
-    /// Loads the GGUF at `path` (memory-mapped). `_cache_dir` is kept for
-    /// engines that convert weights once; llama.cpp runs them as they are.
-    pub fn load(path: &Path, _cache_dir: Option<&Path>, seed: u64) -> Result<EmbeddedModel, EmbeddedError> {
+    /// Loads the GGUF at `path` (memory-mapped; llama.cpp runs every
+    /// quantization as it is, so nothing is converted or cached).
+    pub fn load(path: &Path, seed: u64) -> Result<EmbeddedModel, EmbeddedError> {
         let shown = path.display().to_string();
         if !path.is_file() {
             return Err(EmbeddedError::Missing { path: shown });
