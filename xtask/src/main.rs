@@ -317,9 +317,58 @@ fn bench_local(model: Option<String>) -> Result<(), String> {
         "bench-local",
     ]))?;
     fetch_model(&root().join("target/release/batchgen"), None)?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let job = dir.join("llama-cpp-reference.json");
     let mut command = Command::new(root().join("target/release/bench-local"));
-    command.current_dir(root()).args(model);
-    run(&mut command)
+    command.current_dir(root()).args(model).env("BENCH_LOCAL_JOB", &job);
+    run(&mut command)?;
+    // The reference: llama.cpp as users call it from Python, one prompt at
+    // a time, built with the same portable CPU flags as batchgen's.
+    match llama_cpp_python(&dir) {
+        Ok(python) => {
+            let output = Command::new(python)
+                .arg(root().join("xtask/anchor/llama_cpp_python.py"))
+                .arg(&job)
+                .output()
+                .map_err(|e| e.to_string())?;
+            let result: serde_json::Value =
+                serde_json::from_slice(&output.stdout).map_err(|e| format!("the reference's result: {e}"))?;
+            let (tokens, seconds) =
+                (result["tokens"].as_f64().unwrap_or(0.0), result["seconds"].as_f64().unwrap_or(1.0));
+            println!(
+                "llama.cpp via llama-cpp-python, one at a time: {tokens} tokens, {:.1} tokens/s",
+                tokens / seconds
+            );
+        }
+        Err(reason) => println!("(no llama.cpp reference: {reason})"),
+    }
+    Ok(())
+}
+
+/// A Python with llama-cpp-python, built from source with llama.cpp's
+/// portable CPU flags (as batchgen's is), in a virtual environment under
+/// `dir` (made once).
+fn llama_cpp_python(dir: &Path) -> Result<PathBuf, String> {
+    let python = dir.join("llama-venv/bin/python");
+    let ready = |python: &Path| {
+        Command::new(python).args(["-c", "import llama_cpp"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return Ok(python);
+    }
+    let made = Command::new("python3").args(["-m", "venv"]).arg(dir.join("llama-venv")).status();
+    if !made.is_ok_and(|s| s.success()) {
+        return Err("python3 -m venv failed".into());
+    }
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "llama-cpp-python"])
+        .env("CMAKE_ARGS", "-DGGML_NATIVE=OFF")
+        .status();
+    if !installed.is_ok_and(|s| s.success()) || !ready(&python) {
+        return Err("pip install llama-cpp-python failed".into());
+    }
+    Ok(python)
 }
 
 /// A child process's wall time and resource usage.

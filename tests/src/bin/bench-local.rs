@@ -1,7 +1,8 @@
 //! Decoding speed of the embedded local model: tokens per second for one
 //! sequence, for a batch of 8 decoded together, and for 32 (the size the
 //! model decodes together): medians over rounds of one run each. Run in release by
-//! `cargo xtask bench-local [MODEL]`.
+//! `cargo xtask bench-local [MODEL]`; with `BENCH_LOCAL_JOB=FILE` it also
+//! writes the job of the llama.cpp reference that the xtask runs next.
 
 use batchgen::local::EmbeddedModel;
 
@@ -57,6 +58,14 @@ fn main() {
         None => batchgen::local::embedded::default_model::path(cache.as_deref()).expect("the default model is fetched"),
     };
     let started = Instant::now();
+    // The job for the llama.cpp reference that `cargo xtask bench-local`
+    // runs next: the same model, the biggest batch's prompts, one by one.
+    if let Some(job) = std::env::var_os("BENCH_LOCAL_JOB") {
+        let prompts: Vec<String> = requests(32, 64).into_iter().map(|r| r.prompt).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let text = serde_json::json!({"model": path, "max_tokens": 64, "threads": threads, "prompts": prompts});
+        std::fs::write(&job, text.to_string()).expect("the reference's job is written");
+    }
     let model = EmbeddedModel::load(&path, 1).expect("the model loads");
     println!("load {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
     let max_tokens = 64;
