@@ -325,7 +325,7 @@ fn bench_local(model: Option<String>) -> Result<(), String> {
     run(&mut command)?;
     // The reference: llama.cpp as users call it from Python, one prompt at
     // a time, built with the same portable CPU flags as batchgen's.
-    match llama_cpp_python(&dir) {
+    match python_with(&dir, "llama-venv", "llama_cpp", "llama-cpp-python", &[("CMAKE_ARGS", "-DGGML_NATIVE=OFF")]) {
         Ok(python) => {
             let output = Command::new(python)
                 .arg(root().join("xtask/anchor/llama_cpp_python.py"))
@@ -346,27 +346,32 @@ fn bench_local(model: Option<String>) -> Result<(), String> {
     Ok(())
 }
 
-/// A Python with llama-cpp-python, built from source with llama.cpp's
-/// portable CPU flags (as batchgen's is), in a virtual environment under
-/// `dir` (made once).
-fn llama_cpp_python(dir: &Path) -> Result<PathBuf, String> {
-    let python = dir.join("llama-venv/bin/python");
+/// A Python that can `import module`, in the virtual environment
+/// `dir/venv` (made once, `requirement` installed from PyPI with `env` set):
+/// what the benchmarks' references run on.
+fn python_with(
+    dir: &Path,
+    venv: &str,
+    module: &str,
+    requirement: &str,
+    env: &[(&str, &str)],
+) -> Result<PathBuf, String> {
+    let python = dir.join(venv).join("bin/python");
     let ready = |python: &Path| {
-        Command::new(python).args(["-c", "import llama_cpp"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        let import = format!("import {module}");
+        Command::new(python).args(["-c", &import]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
     };
     if ready(&python) {
         return Ok(python);
     }
-    let made = Command::new("python3").args(["-m", "venv"]).arg(dir.join("llama-venv")).status();
+    let made = Command::new("python3").args(["-m", "venv"]).arg(dir.join(venv)).status();
     if !made.is_ok_and(|s| s.success()) {
         return Err("python3 -m venv failed".into());
     }
-    let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "llama-cpp-python"])
-        .env("CMAKE_ARGS", "-DGGML_NATIVE=OFF")
-        .status();
+    let installed =
+        Command::new(&python).args(["-m", "pip", "install", "--quiet", requirement]).envs(env.iter().copied()).status();
     if !installed.is_ok_and(|s| s.success()) || !ready(&python) {
-        return Err("pip install llama-cpp-python failed".into());
+        return Err(format!("pip install {requirement} failed"));
     }
     Ok(python)
 }

@@ -3,7 +3,7 @@
 //! under a semaphore, `anchor/openai_sdk.py`) side by side in one run, with
 //! no faults, a real rate limit and random transient faults.
 
-use super::{Measured, StandIn, cargo, root, run};
+use super::{Measured, StandIn, cargo, python_with, root, run};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -71,7 +71,8 @@ pub fn bench(args: Vec<String>) -> Result<(), String> {
         .args(["--bin", "batchgen", "--bin", "provider-server"]))?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let anchor = anchor(&dir);
+    // The SDK, in a virtual environment the bench makes once.
+    let anchor = python_with(&dir, "anchor-venv", "openai", "openai>=1.40,<4", &[]);
     if let Err(reason) = &anchor {
         println!("(no SDK anchor: {reason})");
     }
@@ -204,26 +205,4 @@ fn measure(dir: &Path, scenario: &Scenario, python: Option<&Path>) -> Result<Fig
             Ok(Figures { wall: measured.wall, failed, cpu_per_row_ms, pace: None })
         }
     }
-}
-
-/// A Python with the `openai` SDK, in a virtual environment under the
-/// bench's directory (made once, from PyPI).
-fn anchor(dir: &Path) -> Result<PathBuf, String> {
-    let venv = dir.join("anchor-venv");
-    let python = venv.join("bin/python");
-    let has_sdk = |python: &Path| {
-        Command::new(python).args(["-c", "import openai"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-    };
-    if has_sdk(&python) {
-        return Ok(python);
-    }
-    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
-    if !made.is_ok_and(|s| s.success()) {
-        return Err("python3 -m venv failed".into());
-    }
-    let installed = Command::new(&python).args(["-m", "pip", "install", "--quiet", "openai>=1.40,<4"]).status();
-    if !installed.is_ok_and(|s| s.success()) || !has_sdk(&python) {
-        return Err("pip install openai failed".into());
-    }
-    Ok(python)
 }
