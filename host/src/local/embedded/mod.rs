@@ -13,9 +13,10 @@
 //! to [`DECODE_BATCH`] sequences advance together, and a finished one's
 //! place goes to the next waiting prompt in the very next pass.
 
-pub mod default_model;
+pub mod catalog;
 
 use crate::bindings::{LocalCompletion, LocalRequest, RowError};
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -34,6 +35,8 @@ pub const DECODE_BATCH: usize = 32;
 /// Tokens one decoding pass takes at most: new prompts join a pass while
 /// they fit.
 const PASS_TOKENS: usize = 2048;
+/// A shared prompt prefix shorter than this is decoded with each prompt.
+const MIN_SHARED_PREFIX: usize = 4;
 
 /// Why the embedded model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -78,22 +81,62 @@ fn backend() -> Result<&'static LlamaBackend, String> {
         .map_err(Clone::clone)
 }
 
+self_cell::self_cell!(
+    /// The model and the one context that decodes with it. The context
+    /// outlives a call: making one allocates its KV cache and compute
+    /// buffers and starts its threads, which costs a one-row call a good
+    /// share of its time, so calls of the same shape reuse it.
+    struct Engine {
+        owner: LlamaModel,
+        #[not_covariant]
+        dependent: Workspace,
+    }
+);
+
+/// The context the last call decoded in, if any. Its lock also makes the
+/// calls take turns: one context decodes at a time, and contexts may not be
+/// made in parallel.
+type Workspace<'m> = Mutex<Option<Cached<'m>>>;
+
+/// A context kept between calls, with the shape it was made for.
+struct Cached<'m> {
+    shape: Shape,
+    context: LlamaContext<'m>,
+    /// The prefix the last call shared among its sequences.
+    prefix: Vec<LlamaToken>,
+    /// How many of `prefix`'s tokens each sequence's cache holds.
+    held: Vec<usize>,
+    /// A call left sequences in its KV cache (it stopped or failed midway).
+    dirty: bool,
+}
+
+/// What a call needs of a context: it is reused only for the same shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    /// Sequences decoded together.
+    slots: usize,
+    /// KV cells of each sequence.
+    per_sequence: usize,
+    /// Tokens one pass takes at most.
+    pass_tokens: usize,
+}
+
 /// A GGUF model run in-process on the CPU, decoding each batch of requests
 /// together.
 pub struct EmbeddedModel {
-    model: LlamaModel,
+    engine: Engine,
     template: LlamaChatTemplate,
     /// The system prompt the model's template adds when a chat has none
     /// (SmolLM2's, Qwen's); llama.cpp applies templates by their shape and
     /// does not run the Jinja that would add it.
     default_system: Option<String>,
-    /// One batch decodes at a time (a llama.cpp context per call, and
-    /// contexts may not be made in parallel).
-    decoding: Mutex<()>,
     /// Tokens the model was trained to attend to: a prompt plus its answer
     /// must fit.
     context_length: usize,
     threads: i32,
+    /// Whether a sequence's cache may keep a prefix while the rest goes:
+    /// not for recurrent models, whose state cannot be cut.
+    prefix_sharing: bool,
     seed: u64,
     /// What identifies this model and seed in saved work.
     identity: String,
@@ -124,11 +167,12 @@ impl EmbeddedModel {
         let longest_token = model.tokens(true).map(|(_, bytes)| bytes.len()).max().unwrap_or(1).max(1);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix_sharing = !model.is_recurrent() && !model.is_hybrid();
         let this = EmbeddedModel {
-            model,
+            prefix_sharing,
+            engine: Engine::new(model, |_| Mutex::new(None)),
             template,
             default_system,
-            decoding: Mutex::new(()),
             context_length,
             threads,
             seed,
@@ -192,8 +236,11 @@ impl EmbeddedModel {
             }
         }
         if !prompts.is_empty() {
-            let _decoding = self.decoding.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(message) = self.decode(requests, &prompts, &mut results, stop) {
+            let decoded = self.engine.with_dependent(|model, workspace| {
+                let mut workspace = workspace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.decode(model, &mut workspace, requests, &prompts, &mut results, stop)
+            });
+            if let Err(message) = decoded {
                 for prompt in &prompts {
                     results[prompt.index].get_or_insert_with(|| Err(RowError::Transport(message.clone())));
                 }
@@ -213,17 +260,19 @@ impl EmbeddedModel {
             chat.push(message("system", system)?);
         }
         chat.push(message("user", &request.prompt)?);
-        let text = self
-            .model
+        let model = self.engine.borrow_owner();
+        let text = model
             .apply_chat_template(&self.template, &chat, true)
             .map_err(|e| format!("the chat template failed: {e}"))?;
-        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+        Ok(model.vocab().tokenize(text.as_bytes(), true, true))
     }
 
     /// Decodes `prompts` with continuous batching. Each row samples with a
     /// seed of its own, so its text does not depend on its batch.
-    fn decode(
+    fn decode<'m>(
         &self,
+        model: &'m LlamaModel,
+        workspace: &mut Option<Cached<'m>>,
         requests: &[LocalRequest],
         prompts: &[Prompt],
         results: &mut [Option<Result<LocalCompletion, RowError>>],
@@ -235,28 +284,41 @@ impl EmbeddedModel {
         let longest = prompts.iter().map(|p| p.ids.len() + requests[p.index].max_tokens as usize).max().unwrap_or(1);
         let per_sequence = longest.next_multiple_of(256);
         let pass_tokens = PASS_TOKENS.max(prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + slots);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new((per_sequence * slots) as u32))
-            .with_n_batch(pass_tokens as u32)
-            .with_n_ubatch(512)
-            .with_n_seq_max(slots as u32)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        let backend = backend()?;
-        let mut context = self.model.new_context(backend, params).map_err(|e| format!("local model: {e}"))?;
-        let vocab = self.model.vocab();
+        let shape = Shape { slots, per_sequence, pass_tokens };
+        if !workspace.as_ref().is_some_and(|cached| cached.shape == shape) {
+            // The old context goes first: two would hold two KV caches.
+            *workspace = None;
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new((per_sequence * slots) as u32))
+                .with_n_batch(pass_tokens as u32)
+                .with_n_ubatch(512)
+                .with_n_seq_max(slots as u32)
+                .with_n_threads(self.threads)
+                .with_n_threads_batch(self.threads);
+            let context = model.new_context(backend()?, params).map_err(|e| format!("local model: {e}"))?;
+            *workspace = Some(Cached { shape, context, prefix: Vec::new(), held: vec![0; slots], dirty: false });
+        }
+        let cached = workspace.as_mut().expect("a context was just made or kept");
+        let shared = if self.prefix_sharing { shared_prefix(prompts) } else { &[] };
+        cached.share(shared)?;
+        // Clean again only once every sequence has finished and left the cache.
+        cached.dirty = true;
+        let Cached { context, held, dirty, .. } = cached;
+        let vocab = model.vocab();
         let mut batch = LlamaBatch::new(pass_tokens, slots as i32);
         let mut free: Vec<i32> = (0..slots as i32).rev().collect();
         let mut running: Vec<Sequence> = Vec::with_capacity(slots);
         let mut waiting = prompts.iter().peekable();
         loop {
-            // Waiting prompts join this pass while a place and room are left.
+            // Waiting prompts join this pass while a place and room are left;
+            // what their place holds of the shared prefix is not decoded again.
             while let (Some(prompt), Some(&seq)) = (waiting.peek(), free.last()) {
-                if batch.n_tokens() as usize + prompt.ids.len() > pass_tokens {
+                let start = held[seq as usize];
+                if batch.n_tokens() as usize + prompt.ids.len() - start > pass_tokens {
                     break;
                 }
                 let last = prompt.ids.len() - 1;
-                for (position, &token) in prompt.ids.iter().enumerate() {
+                for (position, &token) in prompt.ids.iter().enumerate().skip(start) {
                     batch.add(token, position as i32, &[seq], position == last).map_err(|e| e.to_string())?;
                 }
                 let request = &requests[prompt.index];
@@ -273,14 +335,18 @@ impl EmbeddedModel {
                 waiting.next();
             }
             // Rows left unanswered here are failed by `generate_until`.
-            if running.is_empty() || stop() {
+            if running.is_empty() {
+                *dirty = false;
+                return Ok(());
+            }
+            if stop() {
                 return Ok(());
             }
             context.decode(&mut batch).map_err(|e| format!("local model: {e}"))?;
             batch.clear();
             let mut still = Vec::with_capacity(running.len());
             for mut sequence in running.drain(..) {
-                let token = sequence.sampler.sample(&context, sequence.logits);
+                let token = sequence.sampler.sample(context, sequence.logits);
                 let request = &requests[sequence.index];
                 let finish = if vocab.is_eog(token) {
                     Some("stop")
@@ -296,7 +362,9 @@ impl EmbeddedModel {
                         still.push(sequence);
                     }
                     Some(reason) => {
-                        context.clear_kv_cache_seq(Some(sequence.seq as u32), None, None).map_err(|e| e.to_string())?;
+                        // The place keeps the shared prefix for the next prompt.
+                        let slot = sequence.seq as usize;
+                        held[slot] = trim(context, sequence.seq, held[slot])?;
                         free.push(sequence.seq);
                         let text =
                             String::from_utf8_lossy(&vocab.detokenize(&sequence.generated, false, false)).into_owned();
@@ -312,6 +380,77 @@ impl EmbeddedModel {
             running = still;
         }
     }
+}
+
+impl Cached<'_> {
+    /// Puts `prefix` in every sequence's cache, decoding only what it does
+    /// not already hold: the prefix of the last call is kept as far as the
+    /// two agree (the template and system prompt, for rows of one job), and
+    /// the rest is decoded once, in sequence 0, and copied to the others.
+    fn share(&mut self, prefix: &[LlamaToken]) -> Result<(), String> {
+        let agree = if self.dirty {
+            // Sequences stopped midway are still in the cache.
+            self.context.clear_kv_cache();
+            0
+        } else {
+            self.prefix.iter().zip(prefix).take_while(|(a, b)| a == b).count()
+        };
+        for seq in 0..self.held.len() {
+            let keep = self.held[seq].min(agree);
+            self.held[seq] = if keep < self.held[seq] { trim(&mut self.context, seq as i32, keep)? } else { keep };
+        }
+        self.prefix = prefix.to_vec();
+        if prefix.is_empty() || self.held.iter().all(|&held| held == prefix.len()) {
+            return Ok(());
+        }
+        let start = self.held[0];
+        if start < prefix.len() {
+            let mut batch = LlamaBatch::new(prefix.len() - start, 1);
+            for (position, &token) in prefix.iter().enumerate().skip(start) {
+                batch.add(token, position as i32, &[0], false).map_err(|e| e.to_string())?;
+            }
+            self.context.decode(&mut batch).map_err(|e| format!("local model: {e}"))?;
+            self.held[0] = prefix.len();
+        }
+        for seq in 1..self.held.len() {
+            if self.held[seq] < prefix.len() {
+                // With a KV cache per sequence this copies the whole of
+                // sequence 0's, which holds the prefix and nothing else.
+                self.context.copy_kv_cache_seq(0, seq as i32, None, None).map_err(|e| e.to_string())?;
+                self.held[seq] = prefix.len();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes from sequence `seq`'s cache every position from `keep` on, and
+/// returns how much it still holds: `keep`, or 0 where the model cannot
+/// keep a part (its sliding-window layers have already dropped the start,
+/// or a recurrent state cannot be cut), and the whole sequence goes.
+fn trim(context: &mut LlamaContext<'_>, seq: i32, keep: usize) -> Result<usize, String> {
+    let seq_id = seq as u32;
+    if keep > 0
+        && context.kv_cache_seq_pos_min(seq) <= 0
+        && context.clear_kv_cache_seq(Some(seq_id), Some(keep as u32), None).map_err(|e| e.to_string())?
+    {
+        return Ok(keep);
+    }
+    context.clear_kv_cache_seq(Some(seq_id), None, None).map_err(|e| e.to_string())?;
+    Ok(0)
+}
+
+/// The tokens every prompt starts with (the chat template's start, the
+/// system prompt), leaving each prompt at least its last token to decode
+/// for its first logits; empty when too short to be worth a pass of its own.
+fn shared_prefix(prompts: &[Prompt]) -> &[LlamaToken] {
+    let Some((first, rest)) = prompts.split_first() else { return &[] };
+    let mut length = first.ids.len() - 1;
+    for prompt in rest {
+        length = length.min(prompt.ids.len() - 1);
+        length = first.ids[..length].iter().zip(&prompt.ids).take_while(|(a, b)| a == b).count();
+    }
+    if length < MIN_SHARED_PREFIX { &[] } else { &first.ids[..length] }
 }
 
 /// A row's prompt, tokenized.
