@@ -24,7 +24,13 @@
 //! `temperature` out of range, `temperature` with `top_p` on Claude 4.5
 //! models, `max_tokens` on OpenAI reasoning models, and retired Claude ids
 //! all get the provider's real error.
+//!
+//! Both providers' batch APIs are served too (OpenAI's Files and Batch API,
+//! Anthropic's Message Batches), in memory and with the real lifecycle, but
+//! moving one step per fetch instead of with the clock; each batch line is
+//! answered as the synchronous route answers it. See `batches`.
 
+mod batches;
 mod faults;
 mod wire;
 
@@ -66,7 +72,7 @@ pub struct ProviderServer {
 }
 
 /// How the server behaves; the default answers everything at once.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// Added before every answer (errors and faults included).
     pub latency: Duration,
@@ -102,6 +108,41 @@ pub struct ServerOptions {
     /// `first` to `first + count - 1` (in arrival order, from 0) get an
     /// overload: Anthropic's 529 `overloaded_error`, OpenAI's 503.
     pub overload_burst: Option<(u64, u64)>,
+    /// How many fetches of a batch answer `in_progress` before it moves on
+    /// (to `finalizing` on OpenAI, to `ended` on Anthropic). Each of them
+    /// answers the next share of the batch's requests, so OpenAI's
+    /// `request_counts` grow from fetch to fetch. Default 1.
+    pub batch_polls: u32,
+    /// The most requests an OpenAI batch may hold; more fail the batch at
+    /// validation with `too_many_tasks`. Default 50,000, OpenAI's limit.
+    pub batch_max_requests: usize,
+    /// The most requests an Anthropic batch create may hold; more get a 400.
+    /// Default 100,000, Anthropic's limit.
+    pub anthropic_batch_max_requests: usize,
+    /// OpenAI's enqueued-token limit for one model: when the prompt tokens
+    /// (whitespace words, as the echo counts them) of a batch being
+    /// validated plus those of the same model's batches still in progress
+    /// exceed it, the batch fails with `token_limit_exceeded`. Default none.
+    pub batch_token_limit: Option<u64>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            latency: Duration::ZERO,
+            api_key: None,
+            hold_until_in_flight: None,
+            faults: FaultPlan::default(),
+            max_concurrent: None,
+            exhaust_every: None,
+            rate_limit_per_second: None,
+            overload_burst: None,
+            batch_polls: 1,
+            batch_max_requests: 50_000,
+            anthropic_batch_max_requests: 100_000,
+            batch_token_limit: None,
+        }
+    }
 }
 
 /// Random *retryable* faults on generation requests. Each rate is the
@@ -133,6 +174,11 @@ pub struct FaultPlan {
     pub rate_malformed: f64,
 }
 
+/// How much of a batch upload's body is recorded: a 50,000-row input file
+/// or message batch runs to tens of megabytes, and a benchmark uploading a
+/// few of them should not keep copies of them all in the request log.
+const RECORDED_UPLOAD_LIMIT: usize = 64 * 1024;
+
 /// One request as the server received it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -141,9 +187,13 @@ pub struct RecordedRequest {
     pub path: String,
     /// In arrival order, names lowercased.
     pub headers: Vec<(String, String)>,
+    /// The body as text. For batch uploads (`POST /v1/files`, `POST
+    /// /v1/messages/batches`) larger than 64 KiB, only the first 64 KiB.
     pub raw_body: String,
-    /// The body parsed as JSON, `Null` if it is not JSON.
+    /// The body parsed as JSON, `Null` if it is not JSON or was cut short.
     pub body: Value,
+    /// The length of the whole body in bytes, even when `raw_body` is cut.
+    pub body_len: usize,
     /// When the request (its whole body) had arrived.
     pub received_at: std::time::Instant,
 }
@@ -157,12 +207,20 @@ impl RecordedRequest {
                 (name.as_str().to_ascii_lowercase(), String::from_utf8_lossy(value.as_bytes()).into_owned())
             })
             .collect();
+        let path = head.uri.path().to_owned();
+        let upload = head.method == "POST" && matches!(path.as_str(), "/v1/files" | "/v1/messages/batches");
+        let (raw_body, body) = if upload && raw.len() > RECORDED_UPLOAD_LIMIT {
+            (String::from_utf8_lossy(&raw[..RECORDED_UPLOAD_LIMIT]).into_owned(), Value::Null)
+        } else {
+            (String::from_utf8_lossy(raw).into_owned(), serde_json::from_slice(raw).unwrap_or(Value::Null))
+        };
         RecordedRequest {
             method: head.method.to_string(),
-            path: head.uri.path().to_owned(),
+            path,
             headers,
-            raw_body: String::from_utf8_lossy(raw).into_owned(),
-            body: serde_json::from_slice(raw).unwrap_or(Value::Null),
+            raw_body,
+            body,
+            body_len: raw.len(),
             received_at: std::time::Instant::now(),
         }
     }
@@ -202,7 +260,9 @@ impl ProviderServer {
         let full_bucket = options.rate_limit_per_second.unwrap_or(0.0);
         let shared = Arc::new(Shared {
             options,
+            addr,
             log: Mutex::default(),
+            batches: Mutex::new(batches::Store::new(u64::from(addr.port()))),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             successes: AtomicUsize::new(0),
@@ -252,6 +312,13 @@ impl ProviderServer {
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
+
+    /// Batches created so far through either batch API (OpenAI `POST
+    /// /v1/batches`, Anthropic `POST /v1/messages/batches`), counting only
+    /// the creates that were accepted; deleting a batch does not lower it.
+    pub fn batches_created(&self) -> usize {
+        self.shared.batches().created()
+    }
 }
 
 impl Drop for ProviderServer {
@@ -268,7 +335,12 @@ impl Drop for ProviderServer {
 /// State shared between the handle and the server thread.
 struct Shared {
     options: ServerOptions,
+    /// Where the server listens, for the absolute URLs it hands out
+    /// (Anthropic's `results_url`).
+    addr: SocketAddr,
     log: Mutex<Log>,
+    /// Uploaded files and batches of both batch APIs.
+    batches: Mutex<batches::Store>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     /// Successful generation answers, for `exhaust_every`.
@@ -303,6 +375,22 @@ impl Shared {
         let attempt = log.attempts.entry(request.row_key()).or_default();
         *attempt += 1;
         *attempt
+    }
+
+    /// Counts one more attempt for a row answered inside a batch, and
+    /// returns its number. A batch line is not an HTTP request, so it is not
+    /// recorded, but it shares the per-row counters of the synchronous
+    /// route: a `#fail=1:500` row that failed in a batch succeeds when
+    /// resubmitted, in a batch or not.
+    fn attempt(&self, row: (String, String)) -> u32 {
+        let mut log = self.log();
+        let attempt = log.attempts.entry(row).or_default();
+        *attempt += 1;
+        *attempt
+    }
+
+    fn batches(&self) -> MutexGuard<'_, batches::Store> {
+        self.batches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn hold(&self) {
@@ -385,6 +473,10 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Re
     }
     if !shared.options.latency.is_zero() {
         tokio::time::sleep(shared.options.latency).await;
+    }
+    if let Some(route) = batches::Route::of(&request.method, &request.path) {
+        let reply = batches::answer(&shared, route, &request, head.uri.query(), &raw);
+        return Ok(response(reply, false));
     }
     let over_limit = shared.options.max_concurrent.is_some_and(|n| in_flight.1 > n);
     let generates =

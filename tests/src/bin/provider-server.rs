@@ -4,7 +4,11 @@
 //!
 //! `provider-server [--latency-ms N] [--api-key KEY] [--rate-limit PER_SECOND]
 //! [--faults seed=S,429=R,500=R,529=R,reset=R,hang=R,truncate=R,malformed=R]
-//! [--overload-burst FIRST:COUNT]`
+//! [--overload-burst FIRST:COUNT] [--batch-polls N] [--batch-token-limit TOKENS]`
+//!
+//! `--batch-polls` is how many fetches of a batch answer `in_progress`
+//! (default 1); `--batch-token-limit` is OpenAI's enqueued-token limit per
+//! model (default none).
 
 use batchgen_tests::provider::{FaultPlan, ProviderServer, ServerOptions};
 use std::time::Duration;
@@ -28,6 +32,13 @@ fn main() {
                 let value = args.next().expect("--overload-burst takes FIRST:COUNT");
                 let (first, count) = value.split_once(':').expect("--overload-burst takes FIRST:COUNT");
                 options.overload_burst = Some((first.parse().expect("FIRST"), count.parse().expect("COUNT")));
+            }
+            "--batch-polls" => {
+                options.batch_polls = args.next().and_then(|v| v.parse().ok()).expect("--batch-polls takes a number");
+            }
+            "--batch-token-limit" => {
+                let value = args.next().and_then(|v| v.parse().ok()).expect("--batch-token-limit takes a number");
+                options.batch_token_limit = Some(value);
             }
             other => panic!("unknown argument {other:?}; see the source's first lines"),
         }

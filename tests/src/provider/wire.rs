@@ -23,7 +23,7 @@ pub(super) struct Reply {
 }
 
 impl Reply {
-    fn json(status: u16, body: &Value) -> Self {
+    pub(super) fn json(status: u16, body: &Value) -> Self {
         let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         Reply { status, headers, body: body.to_string() }
     }
@@ -107,7 +107,7 @@ impl Reply {
     }
 }
 
-fn request_id_header(api: Api) -> &'static str {
+pub(super) fn request_id_header(api: Api) -> &'static str {
     match api {
         Api::OpenAi => "x-request-id",
         Api::Anthropic => "request-id",
@@ -135,12 +135,12 @@ impl ApiError {
         ApiError { status, kind, message, param: None, code: None, error_code: None, retry_after: false }
     }
 
-    fn code(mut self, code: &'static str) -> Self {
+    pub(super) fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
     }
 
-    fn param(mut self, param: &'static str) -> Self {
+    pub(super) fn param(mut self, param: &'static str) -> Self {
         self.param = Some(param);
         self
     }
@@ -215,6 +215,17 @@ impl ApiError {
         }
     }
 
+    /// The answer to a body that is not a JSON object.
+    pub(super) fn unparsable(api: Api) -> Self {
+        let message = match api {
+            Api::OpenAi => {
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
+            }
+            Api::Anthropic => "There was an error parsing the body of your request.",
+        };
+        ApiError::new(400, "invalid_request_error", message)
+    }
+
     /// The answer for a path the provider does not serve.
     pub(super) fn unknown_route(api: Api, method: &str, path: &str) -> Self {
         match api {
@@ -255,10 +266,7 @@ const RETIRED: [&str; 3] = ["claude-3-5-sonnet-20240620", "claude-3-5-sonnet-202
 pub(super) fn validate(api: Api, body: &Value) -> Result<(), ApiError> {
     let invalid = |message: String| ApiError::new(400, "invalid_request_error", message);
     if !body.is_object() {
-        return Err(invalid(match api {
-            Api::OpenAi => "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)".into(),
-            Api::Anthropic => "There was an error parsing the body of your request.".into(),
-        }));
+        return Err(ApiError::unparsable(api));
     }
     let model = body["model"].as_str();
     let temperature = body["temperature"].as_f64();
@@ -483,8 +491,8 @@ pub(super) fn models(api: Api, id: &str) -> Reply {
     Reply::json(200, &body).stamp(api, &format!("req_{id}"))
 }
 
-/// `time` as RFC 3339 in UTC, the format of Anthropic's rate-limit resets.
-fn rfc3339(time: SystemTime) -> String {
+/// `time` as RFC 3339 in UTC, the format of Anthropic's rate-limit resets and batch times.
+pub(super) fn rfc3339(time: SystemTime) -> String {
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
