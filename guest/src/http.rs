@@ -61,20 +61,7 @@ impl InFlight {
     /// buffer takes it whole, so starting a request never waits on the network.
     pub fn start(request: &HttpRequest) -> Result<InFlight, Failure> {
         let other = |what: &str| Failure::Other(format!("could not build the request: {what}"));
-        let headers = Fields::from_list(&request.headers)
-            .map_err(|e| Failure::Other(format!("the host refused a request header: {e:?}")))?;
-        let outgoing = OutgoingRequest::new(headers);
-        let method = if request.get { Method::Get } else { Method::Post };
-        outgoing.set_method(&method).map_err(|()| other("method"))?;
-        let scheme = if request.https { Scheme::Https } else { Scheme::Http };
-        outgoing.set_scheme(Some(&scheme)).map_err(|()| other("scheme"))?;
-        outgoing.set_authority(Some(&request.authority)).map_err(|()| other("authority"))?;
-        outgoing.set_path_with_query(Some(&request.path)).map_err(|()| other("path"))?;
-
-        // No request-options: wasmtime-wasi-http 48's `handle` never frees
-        // them (one leaked table entry per request). Timeouts are the
-        // host's to apply; the component's own deadline backs them up.
-        let body = outgoing.body().map_err(|()| other("body"))?;
+        let (outgoing, body) = outgoing(request)?;
         let stream = body.write().map_err(|()| other("body stream"))?;
         let permit = stream.check_write().map_err(|e| Failure::Other(format!("body stream: {e:?}")))?;
         let future = if permit as usize >= request.body.len() {
@@ -164,6 +151,25 @@ impl InFlight {
             },
         }
     }
+}
+
+/// `request`'s head as a `wasi:http` request, and its body to write.
+pub fn outgoing(request: &HttpRequest) -> Result<(OutgoingRequest, OutgoingBody), Failure> {
+    let other = |what: &str| Failure::Other(format!("could not build the request: {what}"));
+    let headers = Fields::from_list(&request.headers)
+        .map_err(|e| Failure::Other(format!("the host refused a request header: {e:?}")))?;
+    let outgoing = OutgoingRequest::new(headers);
+    let method = if request.get { Method::Get } else { Method::Post };
+    outgoing.set_method(&method).map_err(|()| other("method"))?;
+    let scheme = if request.https { Scheme::Https } else { Scheme::Http };
+    outgoing.set_scheme(Some(&scheme)).map_err(|()| other("scheme"))?;
+    outgoing.set_authority(Some(&request.authority)).map_err(|()| other("authority"))?;
+    outgoing.set_path_with_query(Some(&request.path)).map_err(|()| other("path"))?;
+    // No request-options: wasmtime-wasi-http 48's `handle` never frees
+    // them (one leaked table entry per request). Timeouts are the host's to
+    // apply; the component's own deadline backs them up.
+    let body = outgoing.body().map_err(|()| other("body"))?;
+    Ok((outgoing, body))
 }
 
 /// Sends one request and waits for its whole reply, at most `timeout_ns`.

@@ -5,6 +5,7 @@
 //! `batchgen:plugin` WIT world gets the same behaviour. The host owns the
 //! rest: files, credentials, network policy and the local model.
 
+mod batch;
 mod config;
 mod engine;
 mod http;
@@ -12,6 +13,7 @@ mod local;
 mod models;
 mod providers;
 mod servers;
+mod transfer;
 mod url;
 
 wit_bindgen::generate!({

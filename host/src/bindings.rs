@@ -27,6 +27,9 @@ wasmtime::component::bindgen!({
 pub use self::batchgen::plugin::local_model::{LocalCompletion, LocalRequest};
 pub use self::batchgen::plugin::types::{Config, ConfigProblem, Endpoints, Generation, ProviderError, RowError};
 pub use self::exports::batchgen::plugin::batch_generator::{ModelInfo, Provider, RequestPreview};
+pub use self::exports::batchgen::plugin::batch_jobs::{
+    Failure, JobError, JobLimits, JobRow, JobState, JobStatus, JobTag, RowOutcome,
+};
 
 impl RowError {
     /// `kind: message`, the form written to a row's error column. (The

@@ -105,6 +105,17 @@ pub struct Job {
     /// Ceiling on tokens per minute (prompt estimate plus max_tokens per request).
     #[arg(long, value_name = "N")]
     pub max_tpm: Option<u32>,
+    /// Send the rows as provider batch jobs (OpenAI Batch API, Anthropic Message Batches): half the
+    /// price, done within 24 hours; rerun the same command to pick the jobs up again. Not for `Local`.
+    #[arg(long)]
+    pub batch_api: bool,
+    /// With --batch-api: seconds between two looks at the jobs.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds::parse)]
+    #[serde(with = "seconds")]
+    pub poll_interval: Duration,
+    /// With --batch-api: requests per job at most [default: the provider's limit, 50,000 or 100,000].
+    #[arg(long, value_name = "N")]
+    pub batch_max_requests: Option<u32>,
 }
 
 impl Default for Job {

@@ -61,6 +61,25 @@ pub enum JournalError {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct WorkKey([u8; KEY_LEN]);
 
+impl WorkKey {
+    /// The key as 64 lowercase hex digits, for files that name rows.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The key [`WorkKey::to_hex`] wrote; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<WorkKey> {
+        if text.len() != KEY_LEN * 2 || !text.is_ascii() {
+            return None;
+        }
+        let mut key = [0u8; KEY_LEN];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(WorkKey(key))
+    }
+}
+
 /// The parameters that, with the input, determine a generation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkParams {

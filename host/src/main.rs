@@ -32,6 +32,9 @@ enum Command {
     // A repeated flag takes its last value, so wrappers can append overrides.
     #[command(args_override_self = true)]
     Run(Box<RunArgs>),
+    /// Cancel the provider batch jobs of a `--batch-api` run that writes OUTPUT. A rerun of that run
+    /// collects what they finished and sends the rest again.
+    Cancel(CancelArgs),
     /// List the generation models, their provider ids and providers.
     Models(ComponentArgs),
     /// Write the embedded component (WASI 0.2, world batchgen:plugin/batch-plugin) to FILE,
@@ -55,6 +58,28 @@ struct ComponentArgs {
     /// Load this component instead of the embedded one.
     #[arg(long, value_name = "PATH")]
     component: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CancelArgs {
+    /// The output of the `--batch-api` run whose jobs to cancel.
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    endpoints: EndpointArgs,
+    #[command(flatten)]
+    component: ComponentArgs,
+}
+
+/// Where the providers are.
+#[derive(Args)]
+struct EndpointArgs {
+    /// Base URL of the OpenAI API.
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = batchgen::config::DEFAULT_OPENAI_BASE_URL, value_name = "URL")]
+    openai_base_url: String,
+    /// Base URL of the Anthropic API.
+    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = batchgen::config::DEFAULT_ANTHROPIC_BASE_URL, value_name = "URL")]
+    anthropic_base_url: String,
 }
 
 #[derive(Args)]
@@ -82,12 +107,8 @@ struct RunArgs {
     /// Seed of the embedded model's sampling: the same seed gives the same outputs.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    /// Base URL of the OpenAI API.
-    #[arg(long, env = "OPENAI_BASE_URL", default_value = batchgen::config::DEFAULT_OPENAI_BASE_URL, value_name = "URL")]
-    openai_base_url: String,
-    /// Base URL of the Anthropic API.
-    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = batchgen::config::DEFAULT_ANTHROPIC_BASE_URL, value_name = "URL")]
-    anthropic_base_url: String,
+    #[command(flatten)]
+    endpoints: EndpointArgs,
     /// Check everything, print the first request that would be sent (key
     /// redacted) and the number of rows, and send nothing.
     #[arg(long)]
@@ -129,8 +150,8 @@ impl RunArgs {
         Ok(RunOptions {
             job: file.overridden_by(&self.job, from_command_line)?,
             endpoints: ProviderEndpoints {
-                openai_base_url: self.openai_base_url,
-                anthropic_base_url: self.anthropic_base_url,
+                openai_base_url: self.endpoints.openai_base_url,
+                anthropic_base_url: self.endpoints.anthropic_base_url,
                 local_urls: self.local_urls,
             },
             keys: ApiKeys::from_env(),
@@ -176,7 +197,22 @@ async fn dispatch(command: Command, matches: &ArgMatches) -> anyhow::Result<Exit
                 print!("{}", run::dry_run(&options).await?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let summary = run::run_with_progress(&options, &StderrProgress::new(quiet)).await?;
+            let progress = StderrProgress::new(quiet);
+            let summary = if options.job.batch_api {
+                // Jobs outlive the process: Ctrl-C ends it with their ids
+                // on disk and says how to go on (registered before the run,
+                // so no moment of the run is without it).
+                let interrupted = tokio::signal::ctrl_c();
+                tokio::select! {
+                    summary = run::run_with_progress(&options, &progress) => summary?,
+                    _ = interrupted => {
+                        eprintln!("batchgen: interrupted; {}", run::resume_hint(&options.output));
+                        return Ok(ExitCode::from(130));
+                    }
+                }
+            } else {
+                run::run_with_progress(&options, &progress).await?
+            };
             eprintln!("batchgen: wrote {}: {summary}", options.output.display());
             eprintln!("{}", summary.usage_table());
             if let Some(path) = report {
@@ -184,6 +220,24 @@ async fn dispatch(command: Command, matches: &ArgMatches) -> anyhow::Result<Exit
                     .with_context(|| format!("writing the report {}", path.display()))?;
             }
             Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Cancel(args) => {
+            let options = RunOptions {
+                endpoints: ProviderEndpoints {
+                    openai_base_url: args.endpoints.openai_base_url,
+                    anthropic_base_url: args.endpoints.anthropic_base_url,
+                    local_urls: Vec::new(),
+                },
+                keys: ApiKeys::from_env(),
+                component: args.component.component,
+                ..RunOptions::new("", args.output, Job::default())
+            };
+            let canceled = run::cancel(&options).await?;
+            for (chunk, status) in &canceled {
+                eprintln!("batchgen: job {chunk} ({}): cancel requested, now {:?}", status.id, status.state);
+            }
+            eprintln!("batchgen: {} job(s) canceled; rerun the run to collect what they finished", canceled.len());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Component { out } => {
             std::fs::write(&out, batchgen::plugin::EMBEDDED_COMPONENT)

@@ -12,6 +12,9 @@ pub trait Progress: Send + Sync {
     fn started(&self, _rows: u64) {}
     /// Another batch was written; `so_far` counts everything up to it.
     fn advanced(&self, _so_far: &Summary) {}
+    /// A line about a provider batch job (`--batch-api`): submitted, its
+    /// state and counts at each poll, failed.
+    fn job(&self, _line: &str) {}
     /// The output is complete.
     fn finished(&self, _summary: &Summary) {}
 }
@@ -86,6 +89,14 @@ impl Progress for StderrProgress {
                     100.0 * so_far.rows as f64 / so_far.total_rows.max(1) as f64
                 );
             }
+        }
+    }
+
+    fn job(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("batchgen: {line}")),
+            None if self.plain => eprintln!("batchgen: {line}"),
+            None => {}
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Summary {
     pub throttled: u64,
     /// Requests the component made to destinations the run does not allow.
     pub denied_requests: u64,
+    /// Whether the rows went through the provider's batch API, whose
+    /// tokens cost half the list price.
+    pub batch_api: bool,
     /// Wall-clock time since the run started; seconds in the JSON.
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
@@ -72,7 +75,9 @@ impl Summary {
 
     /// Estimated USD for this run's tokens (see [`crate::cost`]).
     pub fn estimated_cost(&self) -> Option<f64> {
-        crate::cost::estimate(&self.provider, &self.model_id, self.input_tokens, self.output_tokens)
+        let list = crate::cost::estimate(&self.provider, &self.model_id, self.input_tokens, self.output_tokens);
+        // Both providers' batch APIs charge half the synchronous price.
+        if self.batch_api { list.map(|usd| usd / 2.0) } else { list }
     }
 
     /// The `--report` document: the summary, plus the estimated cost, the

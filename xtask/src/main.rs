@@ -8,6 +8,8 @@
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
 //! - `bench-local`: the embedded model's tokens/s at batch sizes 1, 8 and 32, beside llama.cpp's server and llama-cpp-python in the same run.
+//! - `bench-batch`: 200,000 Parquet rows through each provider's batch API
+//!   on the stand-in, beside a synchronous run of the same rows.
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 
@@ -18,16 +20,19 @@ use std::process::{Child, Command, ExitCode, Stdio};
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
-    let result = match task.as_str() {
-        "setup" => setup(),
-        "test" => setup().and_then(|()| test()),
-        "example" => setup().and_then(|()| example()),
-        "bench" => setup().and_then(|()| throughput::bench(std::env::args().skip(2).collect())),
-        "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
-        "bench-start" => setup().and_then(|()| bench_start()),
-        "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
-        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start|bench-local".to_string()),
-    };
+    let result =
+        match task.as_str() {
+            "setup" => setup(),
+            "test" => setup().and_then(|()| test()),
+            "example" => setup().and_then(|()| example()),
+            "bench" => setup().and_then(|()| throughput::bench(std::env::args().skip(2).collect())),
+            "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
+            "bench-start" => setup().and_then(|()| bench_start()),
+            "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
+            "bench-batch" => setup().and_then(|()| bench_batch(std::env::args().skip(2).collect())),
+            _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start|bench-local|bench-batch"
+                .to_string()),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -208,28 +213,7 @@ fn example() -> Result<(), String> {
 /// with the dataset.
 fn bench_stream(args: Vec<String>) -> Result<(), String> {
     let rows: u64 = args.first().map_or(Ok(1_000_000), |a| a.parse().map_err(|e| format!("{a}: {e}")))?;
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "batchgen",
-        "--package",
-        "batchgen-tests",
-        "--bin",
-        "batchgen",
-        "--bin",
-        "provider-server",
-        "--bin",
-        "make-parquet",
-    ]))?;
-    let release = root().join("target/release");
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let input = dir.join(format!("stream-{rows}.parquet"));
-    if !input.exists() {
-        run(Command::new(release.join("make-parquet")).arg(rows.to_string()).arg(&input))?;
-    }
+    let (release, dir, input) = bench_dataset(rows)?;
     let output = dir.join("stream-output.parquet");
     let _ = std::fs::remove_file(dir.join("stream-output.parquet.batchgen-journal"));
     let mut server = StandIn::start(&release.join("provider-server"))?;
@@ -265,6 +249,85 @@ fn bench_stream(args: Vec<String>) -> Result<(), String> {
         return Err(format!("batchgen exited with {}", measured.exit));
     }
     Ok(())
+}
+
+/// The release binaries the dataset benchmarks run, and a Parquet dataset
+/// of `rows` rows (made once): the release folder, the bench folder and
+/// the dataset's path.
+fn bench_dataset(rows: u64) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "batchgen",
+        "--package",
+        "batchgen-tests",
+        "--bin",
+        "batchgen",
+        "--bin",
+        "provider-server",
+        "--bin",
+        "make-parquet",
+    ]))?;
+    let release = root().join("target/release");
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let input = dir.join(format!("stream-{rows}.parquet"));
+    if !input.exists() {
+        run(Command::new(release.join("make-parquet")).arg(rows.to_string()).arg(&input))?;
+    }
+    Ok((release, dir, input))
+}
+
+/// Batch-API benchmark: `rows` Parquet rows (default 200,000) through
+/// OpenAI's and Anthropic's batch APIs on the stand-in (a batch ends at its
+/// second fetch, polled without pause), and the same rows through a
+/// synchronous run, each from empty saved work. Reports the whole process's
+/// wall time, host CPU per row and peak RSS.
+fn bench_batch(args: Vec<String>) -> Result<(), String> {
+    let rows: u64 = args.first().map_or(Ok(200_000), |a| a.parse().map_err(|e| format!("{a}: {e}")))?;
+    let (release, dir, input) = bench_dataset(rows)?;
+    let output = dir.join("batch-output.parquet");
+    let mut server = StandIn::start(&release.join("provider-server"))?;
+    let anthropic_base_url = server.openai_base_url.trim_end_matches("/v1").to_string();
+    println!("rows {rows} (Parquet in and out), the stand-in on this machine, release build");
+    println!("{:<34} {:>9} {:>14} {:>14}", "run", "wall s", "CPU ms/row", "peak RSS MiB");
+    let mut result = Ok(());
+    for (label, model, extra) in [
+        ("OpenAI Batch API", "gpt-4o-mini", &["--batch-api", "--poll-interval", "0"][..]),
+        ("Anthropic Message Batches", "claude-3-5-haiku", &["--batch-api", "--poll-interval", "0"][..]),
+        ("synchronous (batch size 256)", "gpt-4o-mini", &["--batch-size", "256"][..]),
+    ] {
+        let _ = std::fs::remove_dir_all(dir.join("batch-output.parquet.batchgen-batches"));
+        let measured = Measured::run(
+            Command::new(release.join("batchgen"))
+                .args(["run", "--quiet", "--input"])
+                .arg(&input)
+                .arg("--output")
+                .arg(&output)
+                .args(["--generation-model", model, "--input-column", "prompt", "--output-column", "answer", "--fresh"])
+                .args(extra)
+                .env("OPENAI_BASE_URL", &server.openai_base_url)
+                .env("ANTHROPIC_BASE_URL", &anthropic_base_url)
+                .env("OPENAI_API_KEY", "bench-key")
+                .env("ANTHROPIC_API_KEY", "bench-key")
+                .env("BATCHGEN_CACHE_DIR", dir.join("component-cache"))
+                .stderr(Stdio::null()),
+        );
+        match measured {
+            Ok(m) if m.exit == 0 => println!(
+                "{label:<34} {:>9.1} {:>14.3} {:>14.1}",
+                m.wall,
+                (m.user + m.system) * 1000.0 / rows as f64,
+                m.max_rss_kib as f64 / 1024.0
+            ),
+            Ok(m) => result = Err(format!("{label}: batchgen exited with {}", m.exit)),
+            Err(e) => result = Err(e),
+        }
+    }
+    server.stop();
+    result
 }
 
 /// Start-up benchmark: the library's own figures (`bench-instantiate`),

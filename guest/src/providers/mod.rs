@@ -1,8 +1,8 @@
 //! Provider wire formats: how a row becomes a request and how a reply becomes
 //! a result, and which failures are worth another attempt.
 
-mod anthropic;
-mod openai;
+pub mod anthropic;
+pub mod openai;
 
 use crate::batchgen::plugin::types::{ProviderError, RowError};
 use crate::config::Plan;
@@ -174,7 +174,7 @@ pub fn summary(body: &[u8]) -> String {
     short
 }
 
-fn classify_error(plan: &Plan, reply: &HttpReply) -> Verdict {
+pub fn classify_error(plan: &Plan, reply: &HttpReply) -> Verdict {
     let status = reply.status;
     let (kind, code, message) = error_details(&reply.body);
     let with_status = |message: &str| format!("{status} {message}");

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod host_memory;
+mod jobs;
 pub mod sandbox;
 
 use crate::bindings::{

@@ -1,9 +1,11 @@
 //! `--dry-run`: everything a run checks, and the first request it would
 //! send, shown and not sent.
 
+use super::batch_api::custom_id;
 use super::prepare::{Prepared, prepare};
+use super::window::work_params;
 use super::{RunError, RunOptions};
-use crate::bindings::{ConfigProblem, ModelInfo, RequestPreview};
+use crate::bindings::{ConfigProblem, JobRow, ModelInfo, RequestPreview};
 use crate::dataset::Reader;
 use std::fmt;
 
@@ -18,21 +20,31 @@ pub struct DryRun {
     pub request: Option<RequestPreview>,
     /// The header the host would add the key in, if any.
     pub credential_header: Option<String>,
+    /// With `--batch-api`: the first row's line of the first job file.
+    pub batch_line: Option<String>,
 }
 
 /// Checks everything a run would and previews its first request.
 pub async fn dry_run(options: &RunOptions) -> Result<DryRun, RunError> {
-    let Prepared { config, model, destinations, survey, mut probe, .. } = prepare(options).await?;
+    let Prepared { plugin, config, model, destinations, survey, mut probe, .. } = prepare(options).await?;
     let mut reader = Reader::open(&options.input, &survey, &options.job.input_column)?;
-    let request = match reader.next_chunk(1)? {
-        Some(chunk) => probe
-            .preview_request(&config, &chunk.inputs[0])
-            .await?
-            .map_err(|message| RunError::Config(vec![ConfigProblem { field: "config".into(), message }]))?,
+    let first = reader.next_chunk(1)?.map(|mut chunk| chunk.inputs.swap_remove(0));
+    let problem = |message| RunError::Config(vec![ConfigProblem { field: "config".into(), message }]);
+    let request = match &first {
+        Some(input) => probe.preview_request(&config, input).await?.map_err(problem)?,
         None => None,
     };
+    let batch_line = match &first {
+        Some(input) if options.job.batch_api => {
+            let component = options.component.as_ref().map(|_| plugin.digest());
+            let key = work_params(&options.job, &model, "", component).key(input);
+            let row = JobRow { custom_id: custom_id(&key), input: input.clone() };
+            probe.request_lines(&config, &[row]).await?.map_err(problem)?.pop()
+        }
+        _ => None,
+    };
     let credential_header = destinations.first().and_then(|d| d.credential.as_ref()).map(|(name, _)| name.to_string());
-    Ok(DryRun { rows: survey.rows, model, request, credential_header })
+    Ok(DryRun { rows: survey.rows, model, request, credential_header, batch_line })
 }
 
 impl fmt::Display for DryRun {
@@ -46,6 +58,10 @@ impl fmt::Display for DryRun {
             "dry run: {} rows would be generated with {} ({}{id}); nothing was sent",
             self.rows, model.label, model.provider
         )?;
+        if let Some(line) = &self.batch_line {
+            writeln!(f, "rows go to the provider's batch API (--batch-api); the first line of the first job file:")?;
+            return writeln!(f, "{line}");
+        }
         let Some(request) = &self.request else {
             return writeln!(f, "rows go to the local model; no HTTP request is made");
         };

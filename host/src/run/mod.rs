@@ -1,10 +1,12 @@
 //! The batch job: read a dataset a batch at a time, have the component
 //! generate, write every row back in place with its output or its error.
 
+mod batch_api;
 mod dry_run;
 mod prepare;
 mod window;
 
+pub use batch_api::{BookError, cancel, resume_hint};
 pub use dry_run::{DryRun, dry_run};
 
 use crate::bindings::{ConfigProblem, ModelInfo};
@@ -128,6 +130,13 @@ pub enum RunError {
     /// The journal of saved work could not be opened or written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A batch-API run could not go on: a call about its jobs failed for
+    /// good, or its state does not allow what was asked.
+    #[error("{0}")]
+    Batch(String),
+    /// The files that record a batch-API run's jobs could not be read or written.
+    #[error(transparent)]
+    Book(#[from] BookError),
     /// The preflight request failed: the provider refused the credentials or
     /// does not know the model id.
     #[error("preflight check failed (pass --no-preflight to skip it): {0}")]
@@ -160,6 +169,9 @@ pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
 
 /// [`run`], reporting progress to `progress` after each batch.
 pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) -> Result<Summary, RunError> {
+    if options.job.batch_api {
+        return batch_api::run(options, progress).await;
+    }
     let started = Instant::now();
     let mut window = Window::open(options, prepare::prepare(options).await?).await?;
     progress.started(window.summary.total_rows);

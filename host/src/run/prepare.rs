@@ -48,6 +48,12 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     // that does not is a broken component, not a reason to panic.
     let generation_model = &options.job.generation_model;
     let model = probe.find_model(generation_model).await?.ok_or_else(|| RunError::NoModel(generation_model.clone()))?;
+    if options.job.batch_api && model.provider == Provider::Local {
+        return Err(RunError::Batch(format!(
+            "--batch-api (batch_api) sends rows to a provider's batch API; {} has none: drop the flag",
+            model.label
+        )));
+    }
     let client = outbound::http_client();
     let (destinations, local) = connections(options, &model)?;
     let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
@@ -56,7 +62,7 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
 
 /// The destinations this run may reach (the chosen provider's endpoint, or
 /// the local servers, each with its key) and the local model.
-fn connections(options: &RunOptions, model: &ModelInfo) -> Result<(Vec<Destination>, LocalModel), RunError> {
+pub(super) fn connections(options: &RunOptions, model: &ModelInfo) -> Result<(Vec<Destination>, LocalModel), RunError> {
     // A provider: its key variable, the key, its base URL and how the key
     // travels (OpenAI's bearer token, Anthropic's x-api-key).
     type Credential = fn(Origin, Option<&str>) -> Result<Destination, String>;

@@ -266,7 +266,7 @@ fn backend(options: &RunOptions, local: &LocalModel) -> String {
 
 /// What, besides its input, determines a row's output in this run: the key
 /// of its saved work.
-fn work_params(job: &Job, model: &ModelInfo, backend: &str, component: Option<[u8; 32]>) -> WorkParams {
+pub(super) fn work_params(job: &Job, model: &ModelInfo, backend: &str, component: Option<[u8; 32]>) -> WorkParams {
     WorkParams {
         provider: model.provider.name().to_string(),
         // For `Local`, also which backend: a server's URL, or the embedded
@@ -327,7 +327,7 @@ impl Pending {
     }
 }
 
-fn saved(generation: &Generation) -> Saved {
+pub(super) fn saved(generation: &Generation) -> Saved {
     Saved {
         text: generation.text.clone(),
         finish_reason: generation.finish_reason.clone(),

@@ -22,7 +22,9 @@
 //! - `big-fields`: appends a 128 KiB header value (wasmtime's own limit);
 //! - `flood`: starts 10 requests per input to the first input's (allowed)
 //!   authority, reads none of them, and says how each ended;
-//! - anything else: answers `ok:<input>`.
+//! - `misaligned` (batch jobs): gives each row the request line of the
+//!   row after it, so results would land on the wrong rows;
+//! - anything else: answers `ok:<input>`; its batch jobs fail every call.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -40,7 +42,9 @@ wit_bindgen::generate!({
 use batchgen::plugin::local_model::{self, LocalCompletion, LocalRequest};
 use batchgen::plugin::types::{Config, ConfigProblem, Generation, RowError};
 use exports::batchgen::plugin::batch_generator::{Guest, ModelInfo, Provider, RequestPreview};
+use exports::batchgen::plugin::batch_jobs::{Failure, JobLimits, JobRow, JobStatus, JobTag, RowOutcome};
 use wasip2::http::types::{Fields, FutureIncomingResponse, Method, OutgoingRequest, Scheme};
+use wasip2::io::streams::{InputStream, OutputStream};
 
 struct Hostile;
 
@@ -302,6 +306,52 @@ impl Guest for Hostile {
             _ => echo(&inputs),
         }
     }
+}
+
+/// Batch jobs: only the request lines are made (misaligned for
+/// `misaligned`); every call that would reach a provider fails.
+impl exports::batchgen::plugin::batch_jobs::Guest for Hostile {
+    fn limits(_: Config) -> Result<JobLimits, String> {
+        Ok(JobLimits { max_requests: 1000, max_bytes: 1 << 20 })
+    }
+
+    fn request_lines(config: Config, rows: Vec<JobRow>) -> Result<Vec<String>, String> {
+        let shift = usize::from(config.generation_model == "misaligned");
+        Ok((0..rows.len())
+            .map(|i| {
+                let row = &rows[(i + shift) % rows.len()];
+                format!("{{\"custom_id\":\"{}\",\"input\":{:?}}}", row.custom_id, row.input)
+            })
+            .collect())
+    }
+
+    fn submit(_: Config, _: JobTag, _: InputStream, _: u64) -> Result<JobStatus, Failure> {
+        Err(refused())
+    }
+
+    fn find(_: Config, _: JobTag) -> Result<Option<JobStatus>, Failure> {
+        Err(refused())
+    }
+
+    fn status(_: Config, _: String) -> Result<JobStatus, Failure> {
+        Err(refused())
+    }
+
+    fn cancel(_: Config, _: String) -> Result<JobStatus, Failure> {
+        Err(refused())
+    }
+
+    fn download(_: Config, _: String, _: OutputStream) -> Result<u64, Failure> {
+        Err(refused())
+    }
+
+    fn read_results(_: Config, lines: Vec<String>) -> Vec<Result<RowOutcome, String>> {
+        lines.iter().map(|_| Err("no results here".to_string())).collect()
+    }
+}
+
+fn refused() -> Failure {
+    Failure { error: RowError::InvalidRequest("the hostile component sends no batch jobs".into()), retryable: false }
 }
 
 export!(Hostile);

@@ -23,6 +23,8 @@ fn readme_tables_match_the_declared_defaults() {
             let declared: Vec<String> =
                 arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
             let expected = match declared.first().map(String::as_str) {
+                // A switch: off unless given.
+                None if !arg.get_action().takes_values() => vec!["false"],
                 None => vec!["none", "the label's id"],
                 Some("") => vec!["required"],
                 Some(value) => vec![value],

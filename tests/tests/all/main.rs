@@ -7,6 +7,7 @@
 
 mod common;
 
+mod batch_jobs;
 mod cli;
 mod docs;
 mod local_model;

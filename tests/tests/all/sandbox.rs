@@ -76,6 +76,21 @@ fn a_component_that_accepts_a_config_but_finds_no_model_is_an_error_not_a_panic(
 }
 
 #[test]
+fn misaligned_batch_request_lines_are_refused_before_anything_is_sent() {
+    let server = ProviderServer::start();
+    let (code, stderr, rows) = hostile(&server, "misaligned", &["a", "b", "c"], &["--batch-api"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("does not carry that custom_id"), "{stderr}");
+    assert!(rows.is_empty(), "no output is written");
+    assert!(server.requests().is_empty(), "nothing was sent");
+    // The same component's aligned lines are planned; its refusal to
+    // submit then stops the run, naming the job.
+    let (code, stderr, _) = hostile(&server, "aligned", &["a", "b"], &["--batch-api"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("job 0: invalid_request: the hostile component sends no batch jobs"), "{stderr}");
+}
+
+#[test]
 fn fuel_stops_a_busy_component() {
     let server = ProviderServer::start();
     let (code, _, rows) = hostile(&server, "loop", &["a"], &["--fuel", "10000000", "--call-timeout", "600"]);
