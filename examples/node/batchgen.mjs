@@ -25,6 +25,9 @@ export function config(overrides = {}) {
       // Empty: `Local` is this host's `local-model` import (local-model.js).
       localBaseUrls: [],
     },
+    // A Jinja template over a row's columns; render it with
+    // batchGenerator.renderPrompts and pass the prompts as inputs.
+    promptTemplate: undefined,
     ...overrides,
   };
 }

@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { config, generate } from './batchgen.mjs';
+import { batchGenerator } from './gen/batchgen.js';
 
 test('a batch goes to the provider over wasi:http, one result per input in order', () => {
   assert.ok(process.env.OPENAI_BASE_URL, 'OPENAI_BASE_URL names the test server');
@@ -24,4 +25,12 @@ test('Local goes to the JS local-model import', () => {
 
 test('a bad config is refused by the component, naming the field', () => {
   assert.throws(() => generate(config({ temperature: 3 }), ['x']), /temperature/);
+});
+
+test('a prompt template renders the same under Node as in batchgen', () => {
+  const cfg = config({ promptTemplate: 'Translate {{ text }} into {{ language }} ({{ n }}, {{ tags }})' });
+  assert.deepEqual(batchGenerator.templateColumns(cfg), ['language', 'n', 'tags', 'text']);
+  const rows = [JSON.stringify({ text: 'héllo', language: 'French', n: 2, tags: ['a', 'b'] })];
+  const prompts = batchGenerator.renderPrompts(cfg, rows);
+  assert.deepEqual(prompts, [{ tag: 'ok', val: 'Translate héllo into French (2, ["a","b"])' }]);
 });

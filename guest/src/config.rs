@@ -92,6 +92,11 @@ impl Plan {
         if !(1..=MAX_ATTEMPTS).contains(&config.max_attempts) {
             problem("max_attempts", format!("{} is out of range 1 to {MAX_ATTEMPTS}", config.max_attempts));
         }
+        if let Some(source) = &config.prompt_template
+            && let Err(message) = crate::template::columns(source)
+        {
+            problem("prompt_template", message);
+        }
         if config.request_timeout_ms == 0 {
             problem("request_timeout", "must be at least 1 ms".to_string());
         }

@@ -13,6 +13,7 @@ mod local;
 mod models;
 mod providers;
 mod servers;
+mod template;
 mod transfer;
 mod url;
 
@@ -73,6 +74,17 @@ impl Guest for Component {
         match config::Plan::new(&config) {
             Ok(_) => Vec::new(),
             Err(problems) => problems,
+        }
+    }
+
+    fn template_columns(config: Config) -> Result<Vec<String>, String> {
+        config.prompt_template.as_deref().map_or(Ok(Vec::new()), template::columns)
+    }
+
+    fn render_prompts(config: Config, rows: Vec<String>) -> Vec<Result<String, String>> {
+        match config.prompt_template.as_deref() {
+            Some(source) => template::render(source, &rows),
+            None => rows.iter().map(|_| Err("the config has no prompt_template".to_string())).collect(),
         }
     }
 

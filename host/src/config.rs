@@ -42,6 +42,20 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// The file `prompt_template` names (`@FILE`) could not be read.
+    #[error("prompt_template: could not read {path}: {source}")]
+    Template {
+        /// The template file.
+        path: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// Two parameters that exclude each other were both given.
+    #[error("set one of {fields}, not both")]
+    Conflict {
+        /// The two parameters' config keys.
+        fields: &'static str,
+    },
     /// A parameter without a default was given neither in the file nor as a flag.
     #[error("`{field}` is required: set it in the config file or pass {flag}")]
     Missing {
@@ -71,9 +85,13 @@ pub struct Job {
     /// Sent as the system prompt; blank counts as none.
     #[arg(long, value_name = "TEXT")]
     pub system_prompt: Option<String>,
-    /// Column holding each row's input. Required.
+    /// Column holding each row's input. Required, unless --prompt-template is given instead.
     #[arg(long, value_name = "COL", default_value = "", hide_default_value = true)]
     pub input_column: String,
+    /// The user prompt as a Jinja template over the row's columns ("Translate {{ text }} into
+    /// {{ language }}"), or @FILE to read it from FILE. Instead of --input-column.
+    #[arg(long, value_name = "TEXT|@FILE")]
+    pub prompt_template: Option<String>,
     /// Column to write; failures go to COL_error. Required.
     #[arg(long, value_name = "COL", default_value = "", hide_default_value = true)]
     pub output_column: String,
@@ -171,14 +189,32 @@ impl Job {
 
     /// Names the first required parameter that has no value.
     pub fn check_required(&self) -> Result<(), ConfigError> {
+        let input = if self.prompt_template.is_some() { "-" } else { self.input_column.as_str() };
         let required = [
-            (&self.generation_model, "generation_model", "--generation-model"),
-            (&self.input_column, "input_column", "--input-column"),
-            (&self.output_column, "output_column", "--output-column"),
+            (self.generation_model.as_str(), "generation_model", "--generation-model"),
+            (input, "input_column", "--input-column (or prompt_template, --prompt-template)"),
+            (self.output_column.as_str(), "output_column", "--output-column"),
         ];
-        match required.into_iter().find(|(value, _, _)| value.is_empty()) {
-            Some((_, field, flag)) => Err(ConfigError::Missing { field, flag }),
-            None => Ok(()),
+        if let Some((_, field, flag)) = required.into_iter().find(|(value, _, _)| value.is_empty()) {
+            return Err(ConfigError::Missing { field, flag });
+        }
+        if self.prompt_template.is_some() && !self.input_column.is_empty() {
+            return Err(ConfigError::Conflict { fields: "input_column and prompt_template" });
+        }
+        Ok(())
+    }
+
+    /// The prompt template's text: `prompt_template` as it is, or the
+    /// contents of the file it names after an `@`.
+    pub fn template_text(&self) -> Result<Option<String>, ConfigError> {
+        match self.prompt_template.as_deref() {
+            Some(reference) if reference.starts_with('@') => {
+                let path = &reference[1..];
+                std::fs::read_to_string(path)
+                    .map(Some)
+                    .map_err(|source| ConfigError::Template { path: path.to_string(), source })
+            }
+            other => Ok(other.map(str::to_string)),
         }
     }
 
@@ -194,6 +230,8 @@ impl Job {
             batch_size: self.batch_size,
             max_attempts: self.max_attempts,
             request_timeout_ms: u64::try_from(self.request_timeout.as_millis()).unwrap_or(u64::MAX),
+            // Its text, once `template_text` has read an @FILE.
+            prompt_template: self.prompt_template.clone(),
             endpoints: Endpoints {
                 openai_base_url: endpoints.openai_base_url.clone(),
                 anthropic_base_url: endpoints.anthropic_base_url.clone(),

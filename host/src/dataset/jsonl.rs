@@ -91,6 +91,14 @@ fn json_message(e: &serde_json::Error) -> String {
     if e.column() > 0 { format!("{text} at column {}", e.column()) } else { text.to_string() }
 }
 
+/// The row's `columns` as a JSON object, as the values are; a missing one
+/// is left out.
+pub(crate) fn object_of(row: &Row, columns: &[String]) -> String {
+    let picked: Map<String, Value> =
+        columns.iter().filter_map(|c| row.object.get(c).map(|v| (c.clone(), v.clone()))).collect();
+    Value::Object(picked).to_string()
+}
+
 /// The string in `column` of a JSONL row, or the error saying why not.
 pub(crate) fn input_of(path: &Path, row: &Row, column: &str) -> Result<String, DatasetError> {
     match row.object.get(column) {

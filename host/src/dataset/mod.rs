@@ -102,7 +102,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::DatasetError;
 pub use reader::{Chunk, Reader};
-pub use survey::survey;
+pub use survey::{survey, survey_input};
 pub use writer::Writer;
 
 /// A dataset file format.
@@ -128,6 +128,16 @@ impl Format {
             _ => Err(DatasetError::UnsupportedFormat { path: path.to_path_buf() }),
         }
     }
+}
+
+/// What a row's input is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// One column's text, which every row must have as a string.
+    Column(String),
+    /// The columns a prompt template reads, passed on as one JSON object per
+    /// row; any type, and a missing or null value is left out.
+    Columns(Vec<String>),
 }
 
 /// The name of the column that holds a row's error message:

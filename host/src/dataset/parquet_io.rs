@@ -43,6 +43,42 @@ pub(crate) fn input_index(path: &Path, schema: &Schema, column: &str) -> Result<
     }
 }
 
+/// The indexes of the (top-level) `columns`, of any type.
+pub(crate) fn column_indexes(path: &Path, schema: &Schema, columns: &[String]) -> Result<Vec<usize>, DatasetError> {
+    columns
+        .iter()
+        .map(|column| {
+            schema.fields().iter().position(|f| f.name() == column).ok_or_else(|| DatasetError::ColumnNotFound {
+                path: path.to_path_buf(),
+                column: column.clone(),
+                columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Each row of `batch`'s `columns` as a JSON object, appended to `out`:
+/// arrow-json's rendering (numbers as numbers, lists and structs as JSON),
+/// nulls left out.
+pub(crate) fn push_objects(
+    path: &Path,
+    batch: &arrow_array::RecordBatch,
+    columns: &[usize],
+    out: &mut Vec<String>,
+) -> Result<(), DatasetError> {
+    let projected =
+        batch.project(columns).map_err(|source| DatasetError::Arrow { path: path.to_path_buf(), source })?;
+    let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
+    writer.write(&projected).map_err(|source| DatasetError::Arrow { path: path.to_path_buf(), source })?;
+    writer.finish().map_err(|source| DatasetError::Arrow { path: path.to_path_buf(), source })?;
+    let text = String::from_utf8(writer.into_inner()).expect("arrow-json writes UTF-8");
+    let before = out.len();
+    out.extend(text.lines().map(str::to_string));
+    // JSON escapes newlines, so each row is one line.
+    assert_eq!(out.len() - before, batch.num_rows(), "arrow-json wrote one line per row");
+    Ok(())
+}
+
 /// Errors naming the first null of `array` (the input column of the rows
 /// starting at 0-based `first_row`), if any.
 pub(crate) fn check_no_nulls(path: &Path, column: &str, array: &dyn Array, first_row: u64) -> Result<(), DatasetError> {

@@ -8,7 +8,7 @@ use csv::StringRecord;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde_json::{Map, Value};
 
-use super::{DatasetError, Format, Survey};
+use super::{DatasetError, Format, Input, Survey};
 use super::{jsonl, parquet_io, text_csv};
 
 /// Rows per Parquet read batch: the chunk size, within these bounds.
@@ -20,7 +20,8 @@ const MAX_PARQUET_BATCH: usize = 8192;
 pub struct Chunk {
     /// 0-based index of the chunk's first row in the file.
     pub first_row: u64,
-    /// The input column's value of each row.
+    /// Each row's input: the input column's text, or (for
+    /// [`Input::Columns`]) a JSON object of the columns.
     pub inputs: Vec<String>,
     /// The rows themselves, for the writer.
     pub(crate) rows: Rows,
@@ -62,6 +63,9 @@ impl Chunk {
 pub struct Reader {
     path: PathBuf,
     input_column: String,
+    /// With [`Input::Columns`]: the columns, and their indexes (CSV,
+    /// Parquet).
+    columns: Option<(Vec<String>, Vec<usize>)>,
     /// Rows returned so far.
     next_row: u64,
     source: Source,
@@ -86,20 +90,49 @@ enum Source {
 impl Reader {
     /// Opens `path` (which `survey` has checked) for reading.
     pub fn open(path: &Path, survey: &Survey, input_column: &str) -> Result<Reader, DatasetError> {
+        Reader::open_input(path, survey, &Input::Column(input_column.to_string()))
+    }
+
+    /// [`Reader::open`] for any [`Input`] ([`survey_input`](super::survey_input)
+    /// has checked it).
+    pub fn open_input(path: &Path, survey: &Survey, input: &Input) -> Result<Reader, DatasetError> {
+        let (input_column, wanted) = match input {
+            Input::Column(column) => (column.as_str(), None),
+            Input::Columns(columns) => ("", Some(columns)),
+        };
+        let mut indexes = Vec::new();
         let source = match survey.format {
             Format::Jsonl => Source::Jsonl(jsonl::JsonLines::open(path)?),
             Format::Csv => {
                 let records = text_csv::CsvRecords::open(path)?;
-                let input = records.column_index(input_column)?;
+                let input = match wanted {
+                    Some(columns) => {
+                        indexes = columns.iter().map(|c| records.column_index(c)).collect::<Result<_, _>>()?;
+                        0
+                    }
+                    None => records.column_index(input_column)?,
+                };
                 Source::Csv { records, input }
             }
             Format::Parquet => {
                 let builder = parquet_io::open(path)?;
-                let input = parquet_io::input_index(path, builder.schema(), input_column)?;
+                let input = match wanted {
+                    Some(columns) => {
+                        indexes = parquet_io::column_indexes(path, builder.schema(), columns)?;
+                        0
+                    }
+                    None => parquet_io::input_index(path, builder.schema(), input_column)?,
+                };
                 Source::Parquet { builder: Some(builder), reader: None, pending: None, input }
             }
         };
-        Ok(Reader { path: path.to_path_buf(), input_column: input_column.to_string(), next_row: 0, source })
+        Ok(Reader {
+            path: path.to_path_buf(),
+            input_column: input_column.to_string(),
+            columns: wanted.map(|columns| (columns.clone(), indexes)),
+            next_row: 0,
+            source,
+        })
     }
 
     /// The next chunk of at most `max_rows` rows (at least 1 is read even if
@@ -109,6 +142,7 @@ impl Reader {
         let want = max_rows.max(1);
         let path = &self.path;
         let column = &self.input_column;
+        let columns = self.columns.as_ref();
         let first_row = self.next_row;
         let mut inputs = Vec::with_capacity(want.min(4096));
         let rows = match &mut self.source {
@@ -116,7 +150,10 @@ impl Reader {
                 let mut rows = Vec::with_capacity(want.min(4096));
                 while rows.len() < want {
                     let Some(row) = lines.next_row()? else { break };
-                    inputs.push(jsonl::input_of(path, &row, column)?);
+                    inputs.push(match columns {
+                        Some((names, _)) => jsonl::object_of(&row, names),
+                        None => jsonl::input_of(path, &row, column)?,
+                    });
                     rows.push(row.object);
                 }
                 Rows::Jsonl(rows)
@@ -127,7 +164,10 @@ impl Reader {
                     let Some(record) = records.next_record()? else {
                         break;
                     };
-                    inputs.push(text_csv::input_of(path, &record, *input, column)?);
+                    inputs.push(match columns {
+                        Some((names, indexes)) => text_csv::object_of(&record, names, indexes),
+                        None => text_csv::input_of(path, &record, *input, column)?,
+                    });
                     rows.push(record.record);
                 }
                 Rows::Csv(rows)
@@ -163,7 +203,16 @@ impl Reader {
                         *pending = Some(batch.slice(take, batch.num_rows() - take));
                     }
                     let part = batch.slice(0, take);
-                    parquet_io::push_strings(path, column, part.column(*input), first_row + got as u64, &mut inputs)?;
+                    match columns {
+                        Some((_, indexes)) => parquet_io::push_objects(path, &part, indexes, &mut inputs)?,
+                        None => parquet_io::push_strings(
+                            path,
+                            column,
+                            part.column(*input),
+                            first_row + got as u64,
+                            &mut inputs,
+                        )?,
+                    }
                     batches.push(part);
                     got += take;
                 }

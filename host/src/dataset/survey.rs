@@ -13,7 +13,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 
-use super::{DatasetError, Format, Survey};
+use super::{DatasetError, Format, Input, Survey};
 use super::{error_column, infer, jsonl, parquet_io, text_csv};
 
 /// Rows per batch when counting a Parquet file's rows (only the input column
@@ -44,12 +44,18 @@ struct Found {
 /// that neither `output_column` nor [`error_column`]`(output_column)` already
 /// exist. Never modifies the input.
 pub fn survey(path: &Path, input_column: &str, output_column: &str) -> Result<Survey, DatasetError> {
+    survey_input(path, &Input::Column(input_column.to_string()), output_column)
+}
+
+/// [`survey`] for any [`Input`]: with [`Input::Columns`], each named column
+/// must exist (for JSONL, in some row), in any type.
+pub fn survey_input(path: &Path, input: &Input, output_column: &str) -> Result<Survey, DatasetError> {
     let format = Format::from_path(path)?;
     let new = NewColumns { path, output: output_column, error: error_column(output_column) };
     let Found { rows, columns, detail } = match format {
-        Format::Jsonl => survey_jsonl(path, input_column, &new)?,
-        Format::Csv => survey_csv(path, input_column, &new)?,
-        Format::Parquet => survey_parquet(path, input_column, &new)?,
+        Format::Jsonl => survey_jsonl(path, input, &new)?,
+        Format::Csv => survey_csv(path, input, &new)?,
+        Format::Parquet => survey_parquet(path, input, &new)?,
     };
     let survey = Survey { format, rows, columns, path: path.to_path_buf(), detail };
     tracing::debug!(
@@ -81,14 +87,25 @@ impl NewColumns<'_> {
 
 /// JSONL: the columns are the union of the rows' keys, and their types are
 /// inferred from every value, since a later row may widen them.
-fn survey_jsonl(path: &Path, input_column: &str, new: &NewColumns) -> Result<Found, DatasetError> {
+fn survey_jsonl(path: &Path, input: &Input, new: &NewColumns) -> Result<Found, DatasetError> {
     let mut lines = jsonl::JsonLines::open(path)?;
     let mut keys = KeyUnion::default();
     let mut rows = 0;
     while let Some(row) = lines.next_row()? {
-        jsonl::input_of(path, &row, input_column)?;
+        if let Input::Column(input_column) = input {
+            jsonl::input_of(path, &row, input_column)?;
+        }
         keys.add(&row.object, new)?;
         rows = row.row;
+    }
+    if let Input::Columns(wanted) = input
+        && let Some(column) = wanted.iter().find(|c| !keys.index.contains_key(*c))
+    {
+        return Err(DatasetError::ColumnNotFound {
+            path: path.to_path_buf(),
+            column: column.clone(),
+            columns: keys.columns,
+        });
     }
     let types = keys.types.into_iter().map(infer::finalize).collect();
     Ok(Found { rows, columns: keys.columns, detail: Detail::Jsonl { types } })
@@ -126,31 +143,48 @@ impl KeyUnion {
 
 /// CSV: the header gives the columns, which must be unique, since JSONL and
 /// Parquet outputs could not tell two of the same name apart.
-fn survey_csv(path: &Path, input_column: &str, new: &NewColumns) -> Result<Found, DatasetError> {
+fn survey_csv(path: &Path, input: &Input, new: &NewColumns) -> Result<Found, DatasetError> {
     let mut records = text_csv::CsvRecords::open(path)?;
     let columns = records.headers.clone();
     let mut seen = HashSet::new();
     if let Some(column) = columns.iter().find(|c| !seen.insert(c.as_str())) {
         return Err(DatasetError::DuplicateColumn { path: path.to_path_buf(), column: column.clone() });
     }
-    let input = records.column_index(input_column)?;
+    let checked = match input {
+        Input::Column(column) => Some((records.column_index(column)?, column)),
+        Input::Columns(wanted) => {
+            wanted.iter().try_for_each(|column| records.column_index(column).map(drop))?;
+            None
+        }
+    };
     columns.iter().try_for_each(|c| new.check(c))?;
     let mut rows = 0;
     while let Some(record) = records.next_record()? {
-        text_csv::input_of(path, &record, input, input_column)?;
+        if let Some((index, column)) = checked {
+            text_csv::input_of(path, &record, index, column)?;
+        }
         rows = record.row;
     }
     Ok(Found { rows, columns, detail: Detail::Csv })
 }
 
 /// Parquet: the schema gives the columns; only the input column is read.
-fn survey_parquet(path: &Path, input_column: &str, new: &NewColumns) -> Result<Found, DatasetError> {
+fn survey_parquet(path: &Path, input: &Input, new: &NewColumns) -> Result<Found, DatasetError> {
     let builder = parquet_io::open(path)?;
     let schema = builder.schema().clone();
-    let input = parquet_io::input_index(path, &schema, input_column)?;
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    columns.iter().try_for_each(|c| new.check(c))?;
-    let rows = count_parquet_rows(path, builder, input, input_column)?;
+    let rows = match input {
+        Input::Column(input_column) => {
+            let index = parquet_io::input_index(path, &schema, input_column)?;
+            columns.iter().try_for_each(|c| new.check(c))?;
+            count_parquet_rows(path, builder, index, input_column)?
+        }
+        Input::Columns(wanted) => {
+            parquet_io::column_indexes(path, &schema, wanted)?;
+            columns.iter().try_for_each(|c| new.check(c))?;
+            u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0)
+        }
+    };
     Ok(Found { rows, columns, detail: Detail::Parquet { schema } })
 }
 

@@ -61,6 +61,17 @@ impl CsvRecords {
     }
 }
 
+/// The record's cells in `columns` (at `indexes`) as a JSON object of
+/// strings: CSV has no other type.
+pub(crate) fn object_of(record: &Record, columns: &[String], indexes: &[usize]) -> String {
+    let picked: serde_json::Map<String, serde_json::Value> = columns
+        .iter()
+        .zip(indexes)
+        .filter_map(|(c, &i)| record.record.get(i).map(|v| (c.clone(), serde_json::Value::from(v))))
+        .collect();
+    serde_json::Value::Object(picked).to_string()
+}
+
 /// The input cell of a record (always present with strict record lengths).
 pub(crate) fn input_of(path: &Path, record: &Record, index: usize, column: &str) -> Result<String, DatasetError> {
     record.record.get(index).map(str::to_string).ok_or_else(|| DatasetError::MissingInput {

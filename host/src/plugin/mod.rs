@@ -335,6 +335,36 @@ impl Session {
         within(&self.limits, &self.stderr_tail, &self.scope, exports.call_check_config(&mut self.store, config)).await
     }
 
+    /// The columns the config's prompt template reads, or its syntax error.
+    pub async fn template_columns(&mut self, config: &Config) -> Result<Result<Vec<String>, String>, PluginError> {
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        within(&self.limits, &self.stderr_tail, &self.scope, exports.call_template_columns(&mut self.store, config))
+            .await
+    }
+
+    /// The config's prompt template rendered over each row (a JSON object of
+    /// its columns); one result per row, or an error.
+    pub async fn render_prompts(
+        &mut self,
+        config: &Config,
+        rows: &[String],
+    ) -> Result<Vec<Result<String, String>>, PluginError> {
+        self.refuel()?;
+        let exports = self.instance.batchgen_plugin_batch_generator();
+        let prompts = within(
+            &self.limits,
+            &self.stderr_tail,
+            &self.scope,
+            exports.call_render_prompts(&mut self.store, config, rows),
+        )
+        .await?;
+        if prompts.len() != rows.len() {
+            return Err(PluginError::WrongCount { expected: rows.len(), returned: prompts.len() });
+        }
+        Ok(prompts)
+    }
+
     /// Generates for `inputs`; a component that answers with the wrong number
     /// of results is an error, never a misaligned output.
     pub async fn generate_batch(

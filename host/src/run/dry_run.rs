@@ -4,7 +4,7 @@
 use super::batch_api::custom_id;
 use super::prepare::{Prepared, prepare};
 use super::window::work_params;
-use super::{RunError, RunOptions};
+use super::{RunError, RunOptions, prompts};
 use crate::bindings::{ConfigProblem, JobRow, ModelInfo, RequestPreview};
 use crate::dataset::Reader;
 use std::fmt;
@@ -26,10 +26,21 @@ pub struct DryRun {
 
 /// Checks everything a run would and previews its first request.
 pub async fn dry_run(options: &RunOptions) -> Result<DryRun, RunError> {
-    let Prepared { plugin, config, model, destinations, survey, mut probe, .. } = prepare(options).await?;
-    let mut reader = Reader::open(&options.input, &survey, &options.job.input_column)?;
-    let first = reader.next_chunk(1)?.map(|mut chunk| chunk.inputs.swap_remove(0));
+    let Prepared { plugin, config, model, destinations, survey, input, mut probe, .. } = prepare(options).await?;
+    let mut reader = Reader::open_input(&options.input, &survey, &input)?;
     let problem = |message| RunError::Config(vec![ConfigProblem { field: "config".into(), message }]);
+    let first = match reader.next_chunk(1)? {
+        Some(mut chunk) => {
+            if let Some(message) = prompts::render(&mut probe, &config, &input, &mut chunk).await?.swap_remove(0) {
+                return Err(RunError::Config(vec![ConfigProblem {
+                    field: "prompt_template".into(),
+                    message: format!("row 1: {message}"),
+                }]));
+            }
+            Some(chunk.inputs.swap_remove(0))
+        }
+        None => None,
+    };
     let request = match &first {
         Some(input) => probe.preview_request(&config, input).await?.map_err(problem)?,
         None => None,

@@ -4,6 +4,7 @@
 mod batch_api;
 mod dry_run;
 mod prepare;
+mod prompts;
 mod window;
 
 pub use batch_api::{BookError, cancel, resume_hint};
@@ -176,7 +177,7 @@ pub async fn run_with_progress(options: &RunOptions, progress: &dyn Progress) ->
     let mut window = Window::open(options, prepare::prepare(options).await?).await?;
     progress.started(window.summary.total_rows);
     while !window.done() {
-        window.fill()?;
+        window.fill().await?;
         while window.write_next()? {
             window.summary.elapsed = started.elapsed();
             progress.advanced(&window.summary);

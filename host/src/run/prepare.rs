@@ -3,8 +3,8 @@
 //! full pass over the input. A run that fails here has sent nothing.
 
 use super::{RunError, RunOptions, load_plugin};
-use crate::bindings::{Config, ModelInfo, Provider};
-use crate::dataset::{self, Format, Survey};
+use crate::bindings::{Config, ConfigProblem, ModelInfo, Provider};
+use crate::dataset::{self, Format, Input, Survey};
 use crate::local::{EmbeddedModel, LocalModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::plugin::sandbox::Limits;
@@ -24,6 +24,8 @@ pub(super) struct Prepared {
     pub destinations: Vec<Destination>,
     pub local: LocalModel,
     pub survey: Survey,
+    /// What a row's input is: a column, or the template's columns.
+    pub input: Input,
     /// An instance that can reach nothing: it answers questions only.
     pub probe: Session,
 }
@@ -38,12 +40,20 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     }
     let limits = Limits { batch_size: options.job.batch_size as usize, ..options.limits };
     let plugin = load_plugin(options.component.as_deref(), options.cache_dir.as_deref(), limits)?;
-    let config = options.job.component_config(&options.endpoints);
+    let mut config = options.job.component_config(&options.endpoints);
+    config.prompt_template = options.job.template_text()?;
     let mut probe = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
     let problems = probe.check_config(&config).await?;
     if !problems.is_empty() {
         return Err(RunError::Config(problems));
     }
+    let input =
+        match &config.prompt_template {
+            Some(_) => Input::Columns(probe.template_columns(&config).await?.map_err(|message| {
+                RunError::Config(vec![ConfigProblem { field: "prompt_template".into(), message }])
+            })?),
+            None => Input::Column(options.job.input_column.clone()),
+        };
     // The component accepted the config, so it should know the model; one
     // that does not is a broken component, not a reason to panic.
     let generation_model = &options.job.generation_model;
@@ -56,8 +66,8 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     }
     let client = outbound::http_client();
     let (destinations, local) = connections(options, &model)?;
-    let survey = dataset::survey(&options.input, &options.job.input_column, &options.job.output_column)?;
-    Ok(Prepared { plugin, config, model, client, destinations, local, survey, probe })
+    let survey = dataset::survey_input(&options.input, &input, &options.job.output_column)?;
+    Ok(Prepared { plugin, config, model, client, destinations, local, survey, input, probe })
 }
 
 /// The destinations this run may reach (the chosen provider's endpoint, or

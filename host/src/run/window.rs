@@ -3,10 +3,11 @@
 //! as they return, and written to the output strictly in order.
 
 use super::prepare::Prepared;
+use super::prompts;
 use super::{RunError, RunOptions};
 use crate::bindings::{Config, Generation, ModelInfo, Provider, RowError};
 use crate::config::Job;
-use crate::dataset::{Chunk, Reader, Writer};
+use crate::dataset::{Chunk, Input, Reader, Writer};
 use crate::journal::{Journal, Saved, WorkKey, WorkParams};
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
@@ -44,6 +45,9 @@ pub(super) struct Window {
     journal: Journal,
     params: WorkParams,
     reader: Reader,
+    /// What a row's input is, and the instance that renders a template.
+    input: Input,
+    renderer: Session,
     writer: Writer,
     batch_size: usize,
     /// Batches in flight at most.
@@ -67,8 +71,7 @@ impl Window {
     /// `options.preflight`, starts the check of credentials and model id
     /// (one request), which the first batch's results wait for.
     pub async fn open(options: &RunOptions, prepared: Prepared) -> Result<Window, RunError> {
-        let Prepared { plugin, config, model, client, destinations, local, survey, probe } = prepared;
-        drop(probe);
+        let Prepared { plugin, config, model, client, destinations, local, survey, input, probe } = prepared;
         // `Local` without servers: the local-model import.
         let window = if model.provider == Provider::Local && destinations.is_empty() {
             LOCAL_BATCH_WINDOW
@@ -79,7 +82,7 @@ impl Window {
         let journal = Journal::open(&Journal::path_for(&options.output), options.fresh)?;
         let component = options.component.as_ref().map(|_| plugin.digest());
         let params = work_params(job, &model, &backend(options, &local), component);
-        let reader = Reader::open(&options.input, &survey, &job.input_column)?;
+        let reader = Reader::open_input(&options.input, &survey, &input)?;
         let writer = Writer::create(&options.output, &survey, &job.output_column)?;
         let pacer = Pacer::new(PaceSettings {
             max_concurrency: job.batch_size as usize,
@@ -120,6 +123,8 @@ impl Window {
             journal,
             params,
             reader,
+            input,
+            renderer: probe,
             writer,
             batch_size: job.batch_size as usize,
             window,
@@ -140,15 +145,16 @@ impl Window {
 
     /// Reads batches while the window has room, and starts generating the
     /// rows of each that have no saved work.
-    pub fn fill(&mut self) -> Result<(), RunError> {
+    pub async fn fill(&mut self) -> Result<(), RunError> {
         while !self.exhausted && self.pending.len() < self.window && !self.idle.is_empty() {
-            let Some(chunk) = self.reader.next_chunk(self.batch_size)? else {
+            let Some(mut chunk) = self.reader.next_chunk(self.batch_size)? else {
                 self.exhausted = true;
                 break;
             };
+            let failed = prompts::render(&mut self.renderer, &self.config, &self.input, &mut chunk).await?;
             let keys: Vec<WorkKey> = chunk.inputs.iter().map(|input| self.params.key(input)).collect();
             let reused = keys.iter().map(|key| self.journal.get(key)).collect::<Result<Vec<_>, _>>()?;
-            let missing: Vec<usize> = (0..keys.len()).filter(|&i| reused[i].is_none()).collect();
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| reused[i].is_none() && failed[i].is_none()).collect();
             let results = if missing.is_empty() {
                 Some(Vec::new())
             } else {
@@ -156,7 +162,7 @@ impl Window {
                 self.spawn(inputs);
                 None
             };
-            self.pending.insert(self.next_seq, Pending { chunk, keys, reused, missing, results });
+            self.pending.insert(self.next_seq, Pending { chunk, keys, reused, failed, missing, results });
             self.next_seq += 1;
         }
         Ok(())
@@ -291,6 +297,8 @@ struct Pending {
     keys: Vec<WorkKey>,
     /// Work saved by earlier runs, per row.
     reused: Vec<Option<Saved>>,
+    /// Per row, why it has no prompt (its template failed to render).
+    failed: Vec<Option<String>>,
     /// Rows with no saved work, in the order they were sent.
     missing: Vec<usize>,
     /// Results for `missing`, once its task is done: a generation or the
@@ -302,22 +310,26 @@ impl Pending {
     /// Writes a finished batch: new results where rows were sent, saved work
     /// everywhere else.
     fn write(self, writer: &mut Writer, summary: &mut Summary) -> Result<(), RunError> {
-        let Pending { chunk, reused, missing, results, .. } = self;
+        let Pending { chunk, reused, failed, missing, results, .. } = self;
         let mut fresh = results.unwrap_or_default().into_iter();
         let mut missing = missing.into_iter().peekable();
         let mut outputs = Vec::with_capacity(chunk.len());
-        for (row, reused) in reused.into_iter().enumerate() {
-            let output = match (missing.next_if_eq(&row), reused) {
-                (Some(_), _) => {
+        for (row, (reused, failed)) in reused.into_iter().zip(failed).enumerate() {
+            let output = match (failed, missing.next_if_eq(&row), reused) {
+                (Some(message), _, _) => {
+                    summary.failed += 1;
+                    Err(message)
+                }
+                (None, Some(_), _) => {
                     let result = fresh.next().expect("one result per sent row");
                     summary.count(&result);
                     result.map(|generation| generation.text)
                 }
-                (None, Some(saved)) => {
+                (None, None, Some(saved)) => {
                     summary.reused += 1;
                     Ok(saved.text)
                 }
-                (None, None) => unreachable!("a row not sent has saved work"),
+                (None, None, None) => unreachable!("a row not sent has saved work"),
             };
             outputs.push(output);
         }

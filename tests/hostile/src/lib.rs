@@ -192,6 +192,14 @@ impl Guest for Hostile {
         Ok(())
     }
 
+    fn template_columns(_: Config) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+
+    fn render_prompts(_: Config, rows: Vec<String>) -> Vec<Result<String, String>> {
+        rows.into_iter().map(Ok).collect()
+    }
+
     fn generate_batch(config: Config, inputs: Vec<String>) -> Vec<Result<Generation, RowError>> {
         let echo = |inputs: &[String]| inputs.iter().map(|i| answer(format!("ok:{i}"))).collect::<Vec<_>>();
         match config.generation_model.as_str() {

@@ -18,4 +18,5 @@ mod resilience;
 mod row_errors;
 mod sandbox;
 mod saved_work;
+mod templates;
 mod wire_format;

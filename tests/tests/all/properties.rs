@@ -158,6 +158,7 @@ async fn the_component_checks_any_config_without_failing() {
                     anthropic_base_url: url,
                     local_base_urls: Vec::new(),
                 },
+                prompt_template: None,
             }
         })
         .collect();

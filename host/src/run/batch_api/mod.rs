@@ -21,9 +21,9 @@ pub(super) use book::custom_id;
 
 use super::prepare::{Prepared, connections, prepare};
 use super::window::{saved, work_params};
-use super::{RunError, RunOptions, load_plugin};
+use super::{RunError, RunOptions, load_plugin, prompts};
 use crate::bindings::{Config, Failure, Generation, JobState, JobStatus, JobTag};
-use crate::dataset::{Reader, Survey, Writer};
+use crate::dataset::{Input, Reader, Survey, Writer};
 use crate::journal::{Journal, WorkKey, WorkParams};
 use crate::local::LocalModel;
 use crate::outbound::Outbound;
@@ -60,7 +60,7 @@ pub fn resume_hint(output: &std::path::Path) -> String {
 pub(super) async fn run(options: &RunOptions, progress: &dyn Progress) -> Result<Summary, RunError> {
     let started = Instant::now();
     let job = &options.job;
-    let Prepared { plugin, config, model, client, destinations, survey, probe, .. } = prepare(options).await?;
+    let Prepared { plugin, config, model, client, destinations, survey, input, probe, .. } = prepare(options).await?;
     drop(probe);
     let mut book = Book::open(&options.output)?;
     if options.fresh {
@@ -92,18 +92,9 @@ pub(super) async fn run(options: &RunOptions, progress: &dyn Progress) -> Result
         limits.max_requests = limits.max_requests.min(most.max(1));
     }
     progress.started(survey.rows);
-    let planned = plan::plan(
-        &mut session,
-        &config,
-        &options.input,
-        &job.input_column,
-        &survey,
-        &params,
-        &journal,
-        &mut book,
-        limits,
-    )
-    .await?;
+    let planned =
+        plan::plan(&mut session, &config, &options.input, &input, &survey, &params, &journal, &mut book, limits)
+            .await?;
     let new_rows: u32 = planned.iter().map(|job| job.requests).sum();
     if !planned.is_empty() {
         progress.job(&format!("planned {} job(s) of {new_rows} row(s)", planned.len()));
@@ -123,7 +114,7 @@ pub(super) async fn run(options: &RunOptions, progress: &dyn Progress) -> Result
         failed: HashMap::new(),
     };
     driver.drive().await?;
-    let Driver { journal, mut generated, failed, book, .. } = driver;
+    let Driver { journal, mut generated, failed, book, mut session, config, .. } = driver;
     // Reopened, so that the rows this run saved are looked up too.
     drop(journal);
     let journal = Journal::open(&Journal::path_for(&options.output), false)?;
@@ -135,8 +126,8 @@ pub(super) async fn run(options: &RunOptions, progress: &dyn Progress) -> Result
         batch_api: true,
         ..Summary::default()
     };
-    let output = Output { options, survey: &survey, params: &params, journal: &journal };
-    output.write(&mut generated, &failed, &mut summary, progress, started)?;
+    let output = Output { options, survey: &survey, input: &input, params: &params, journal: &journal };
+    output.write(&mut session, &config, &mut generated, &failed, &mut summary, progress, started).await?;
     book.remove()?;
     summary.elapsed = started.elapsed();
     progress.finished(&summary);
@@ -508,14 +499,18 @@ impl Driver<'_> {
 struct Output<'a> {
     options: &'a RunOptions,
     survey: &'a Survey,
+    input: &'a Input,
     params: &'a WorkParams,
     journal: &'a Journal,
 }
 
 impl Output<'_> {
     /// Every input row in order with its saved output, or its error.
-    fn write(
+    #[expect(clippy::too_many_arguments, reason = "what the run collected, handed over once")]
+    async fn write(
         &self,
+        session: &mut Session,
+        config: &Config,
         generated: &mut HashSet<WorkKey>,
         failed: &HashMap<WorkKey, String>,
         summary: &mut Summary,
@@ -523,11 +518,17 @@ impl Output<'_> {
         started: Instant,
     ) -> Result<(), RunError> {
         let job = &self.options.job;
-        let mut reader = Reader::open(&self.options.input, self.survey, &job.input_column)?;
+        let mut reader = Reader::open_input(&self.options.input, self.survey, self.input)?;
         let mut writer = Writer::create(&self.options.output, self.survey, &job.output_column)?;
-        while let Some(chunk) = reader.next_chunk(WRITE_CHUNK)? {
+        while let Some(mut chunk) = reader.next_chunk(WRITE_CHUNK)? {
+            let unrendered = prompts::render(session, config, self.input, &mut chunk).await?;
             let mut outputs = Vec::with_capacity(chunk.len());
-            for input in &chunk.inputs {
+            for (input, unrendered) in chunk.inputs.iter().zip(unrendered) {
+                if let Some(message) = unrendered {
+                    summary.failed += 1;
+                    outputs.push(Err(message));
+                    continue;
+                }
                 let key = self.params.key(input);
                 let output = match self.journal.get(&key)? {
                     // A row's tokens count once, for the first row with its key.

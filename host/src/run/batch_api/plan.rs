@@ -5,10 +5,10 @@
 
 use super::book::{Book, JobEntry, JobFiles, custom_id};
 use crate::bindings::{Config, JobLimits, JobRow};
-use crate::dataset::{Reader, Survey};
+use crate::dataset::{Input, Reader, Survey};
 use crate::journal::{Journal, WorkKey, WorkParams};
 use crate::plugin::{PluginError, Session};
-use crate::run::RunError;
+use crate::run::{RunError, prompts};
 use std::path::Path;
 
 /// Rows per call to `request-lines`.
@@ -21,8 +21,8 @@ const PAGE: usize = 1000;
 pub(super) async fn plan(
     session: &mut Session,
     config: &Config,
-    input: &Path,
-    input_column: &str,
+    path: &Path,
+    input: &Input,
     survey: &Survey,
     params: &WorkParams,
     journal: &Journal,
@@ -30,13 +30,16 @@ pub(super) async fn plan(
     limits: JobLimits,
 ) -> Result<Vec<JobEntry>, RunError> {
     let mut covered = book.held()?;
-    let mut reader = Reader::open(input, survey, input_column)?;
+    let mut reader = Reader::open_input(path, survey, input)?;
     let mut planner = Planner { jobs: Vec::new(), open: None, limits };
     let (mut rows, mut keys) = (Vec::with_capacity(PAGE), Vec::with_capacity(PAGE));
-    while let Some(chunk) = reader.next_chunk(PAGE)? {
-        for input in chunk.inputs {
+    while let Some(mut chunk) = reader.next_chunk(PAGE)? {
+        // A row whose template does not render is sent nowhere; the output
+        // names its error.
+        let failed = prompts::render(session, config, input, &mut chunk).await?;
+        for (input, failed) in chunk.inputs.into_iter().zip(failed) {
             let key = params.key(&input);
-            if covered.contains(&key) || journal.get(&key)?.is_some() {
+            if failed.is_some() || covered.contains(&key) || journal.get(&key)?.is_some() {
                 continue;
             }
             covered.insert(key);
