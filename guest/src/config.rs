@@ -3,6 +3,7 @@
 
 use crate::batchgen::plugin::types::{Config, ConfigProblem};
 use crate::models::{MODELS, Model, Provider};
+use crate::schema::{self, Schema};
 use crate::url::BaseUrl;
 
 /// The spec's default temperature. Newer Claude models reject `temperature`
@@ -49,6 +50,8 @@ pub struct Plan {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub request_timeout_ns: u64,
+    /// The schema every output must match, if any.
+    pub schema: Option<Schema>,
 }
 
 impl Plan {
@@ -97,6 +100,23 @@ impl Plan {
         {
             problem("prompt_template", message);
         }
+        let parsed_schema = match config.json_schema.as_deref().map(Schema::parse) {
+            Some(Err(message)) => {
+                problem("json_schema", message);
+                None
+            }
+            Some(Ok(parsed)) => {
+                // OpenAI refuses a schema outside its strict mode's rules
+                // with a 400 for every row: say so before any request.
+                if model.is_some_and(|m| m.provider == Provider::Openai) {
+                    for message in schema::strict_problems(&parsed.value) {
+                        problem("json_schema", message);
+                    }
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
         if config.request_timeout_ms == 0 {
             problem("request_timeout", "must be at least 1 ms".to_string());
         }
@@ -160,6 +180,7 @@ impl Plan {
             concurrency: config.batch_size as usize,
             max_attempts: config.max_attempts,
             request_timeout_ns: config.request_timeout_ms.saturating_mul(1_000_000),
+            schema: parsed_schema,
         })
     }
 }

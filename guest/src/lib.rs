@@ -12,6 +12,7 @@ mod http;
 mod local;
 mod models;
 mod providers;
+mod schema;
 mod servers;
 mod template;
 mod transfer;

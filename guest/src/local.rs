@@ -15,6 +15,7 @@ pub fn generate(plan: &Plan, inputs: &[String]) -> Vec<Result<Generation, RowErr
             temperature: plan.temperature_value,
             top_p: plan.top_p_value,
             max_tokens: plan.max_tokens,
+            json_schema: plan.schema.as_ref().map(|schema| schema.text.clone()),
         })
         .collect();
     let results = local_model::generate(&requests);
@@ -25,7 +26,13 @@ pub fn generate(plan: &Plan, inputs: &[String]) -> Vec<Result<Generation, RowErr
     results
         .into_iter()
         .map(|result| {
-            result.map(|completion| Generation {
+            let completion = result?;
+            // Constrained decoding keeps to the schema, but a reply cut at
+            // max_tokens is unfinished JSON: the schema is checked anyway.
+            if let Some(schema) = &plan.schema {
+                schema.check(&completion.text).map_err(RowError::MalformedReply)?;
+            }
+            Ok(Generation {
                 text: completion.text,
                 finish_reason: completion.finish_reason,
                 input_tokens: completion.input_tokens,

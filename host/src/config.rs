@@ -92,6 +92,10 @@ pub struct Job {
     /// {{ language }}"), or @FILE to read it from FILE. Instead of --input-column.
     #[arg(long, value_name = "TEXT|@FILE")]
     pub prompt_template: Option<String>,
+    /// A JSON schema (an object schema) every output must match, from FILE; in the config file,
+    /// the schema object itself. Outputs are then JSON.
+    #[arg(long, value_name = "FILE", value_parser = schema_file)]
+    pub json_schema: Option<serde_json::Value>,
     /// Column to write; failures go to COL_error. Required.
     #[arg(long, value_name = "COL", default_value = "", hide_default_value = true)]
     pub output_column: String,
@@ -232,6 +236,7 @@ impl Job {
             request_timeout_ms: u64::try_from(self.request_timeout.as_millis()).unwrap_or(u64::MAX),
             // Its text, once `template_text` has read an @FILE.
             prompt_template: self.prompt_template.clone(),
+            json_schema: self.json_schema.as_ref().map(ToString::to_string),
             endpoints: Endpoints {
                 openai_base_url: endpoints.openai_base_url.clone(),
                 anthropic_base_url: endpoints.anthropic_base_url.clone(),
@@ -239,6 +244,12 @@ impl Job {
             },
         }
     }
+}
+
+/// `--json-schema FILE`: the schema in FILE, which must be JSON.
+fn schema_file(path: &str) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("could not read {path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))
 }
 
 /// A flag's number, which must be finite: a config file cannot hold NaN or

@@ -100,6 +100,10 @@ pub struct WorkParams {
     /// with another component. `None` for the embedded component, whose
     /// saved work carries over between runs and batchgen versions.
     pub component: Option<[u8; 32]>,
+    /// The JSON schema outputs must match (`json_schema`), as compact JSON:
+    /// a structured output is not a free one. `None` keeps the keys of work
+    /// saved without a schema what they always were.
+    pub schema: Option<String>,
 }
 
 impl WorkParams {
@@ -125,6 +129,10 @@ impl WorkParams {
         // what they always were.
         if let Some(digest) = &self.component {
             field(digest);
+        }
+        if let Some(schema) = &self.schema {
+            field(b"json_schema");
+            field(schema.as_bytes());
         }
         WorkKey(sha.finalize().into())
     }
@@ -372,6 +380,7 @@ mod tests {
             top_p: 1.0,
             max_tokens: 1024,
             component: None,
+            schema: None,
         }
     }
 
@@ -393,6 +402,7 @@ mod tests {
             WorkParams { top_p: 0.9, ..params() },
             WorkParams { max_tokens: 1023, ..params() },
             WorkParams { component: Some([7; 32]), ..params() },
+            WorkParams { schema: Some("{}".into()), ..params() },
         ];
         for variant in variants {
             assert_ne!(variant.key("hello"), key, "{variant:?}");

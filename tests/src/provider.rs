@@ -589,7 +589,11 @@ fn decide(
     }
 
     let model = request.body["model"].as_str().unwrap_or_default();
-    let success = || Completion::echo(api, &request.body).reply(api, model, &id);
+    let success = || {
+        let completion = Completion::echo(api, &request.body);
+        let completion = if faults::off_schema(&row, attempt) { completion.off_schema() } else { completion };
+        completion.reply(api, model, &id)
+    };
     let fault = faults::directive(&row, attempt)
         .or_else(|| (over_limit || limits.wait.is_some()).then_some(Fault::Status(429)))
         .or_else(|| limits.overloaded.then_some(Fault::Status(529)))

@@ -6,6 +6,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 pub const VERSION: &str = "2023-06-01";
+/// The forced tool of a structured-output request.
+const TOOL: &str = "output";
 
 pub fn body(plan: &Plan, input: &str) -> Value {
     let mut body = Map::new();
@@ -21,6 +23,15 @@ pub fn body(plan: &Plan, input: &str) -> Value {
     }
     if let Some(top_p) = plan.top_p {
         body.insert("top_p".into(), json!(top_p));
+    }
+    // Structured output: one tool whose input is the schema, forced; the
+    // output is the tool call's input.
+    if let Some(schema) = &plan.schema {
+        body.insert(
+            "tools".into(),
+            json!([{"name": TOOL, "description": "Record the output for this request.", "input_schema": schema.value}]),
+        );
+        body.insert("tool_choice".into(), json!({"type": "tool", "name": TOOL}));
     }
     Value::Object(body)
 }
@@ -40,6 +51,9 @@ struct Block {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    /// A `tool_use` block's arguments.
+    #[serde(default)]
+    input: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -53,8 +67,16 @@ struct Usage {
 pub fn completion(body: &[u8]) -> Result<Completion, String> {
     let reply: Reply = serde_json::from_slice(body)
         .map_err(|e| format!("not an Anthropic message ({e}): {}", super::summary(body)))?;
-    let text: String =
-        reply.content.iter().filter(|block| block.kind == "text").filter_map(|block| block.text.as_deref()).collect();
+    // A forced tool's call is the output (structured output); else the text.
+    let text: String = match reply.content.iter().find(|block| block.kind == "tool_use") {
+        Some(Block { input: Some(input), .. }) => input.to_string(),
+        _ => reply
+            .content
+            .iter()
+            .filter(|block| block.kind == "text")
+            .filter_map(|block| block.text.as_deref())
+            .collect(),
+    };
     let usage = reply.usage.unwrap_or(Usage { input_tokens: 0, output_tokens: 0 });
     Ok(Completion {
         text,

@@ -138,7 +138,12 @@ pub fn interpret(plan: &Plan, kind: Provider, reply: &HttpReply) -> Verdict {
             Provider::Anthropic => anthropic::completion(&reply.body),
         };
         return match parsed {
-            Ok(completion) => Verdict::Done(Ok(completion)),
+            // Whatever the provider promised, the output must match the
+            // schema; one that does not is retried like a garbled reply.
+            Ok(completion) => match plan.schema.as_ref().map(|schema| schema.check(&completion.text)) {
+                Some(Err(message)) => Verdict::Retry { error: RowError::MalformedReply(message), after_ns: None },
+                _ => Verdict::Done(Ok(completion)),
+            },
             // A cut-off or garbled 2xx body is a transport fault in practice.
             Err(message) => Verdict::Retry { error: RowError::MalformedReply(message), after_ns: None },
         };

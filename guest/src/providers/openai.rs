@@ -29,6 +29,12 @@ pub fn body(plan: &Plan, model_id: &str, input: &str) -> Value {
     }
     let max_tokens_field = if uses_max_completion_tokens(model_id) { "max_completion_tokens" } else { "max_tokens" };
     body.insert(max_tokens_field.into(), json!(plan.max_tokens));
+    if let Some(schema) = &plan.schema {
+        body.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": "output", "strict": true, "schema": schema.value}}),
+        );
+    }
     Value::Object(body)
 }
 

@@ -99,6 +99,11 @@ impl LocalModel {
     }
 }
 
+/// The largest schema the local model compiles into a grammar: far above
+/// any output schema a user writes, and a bound on what a component can make
+/// the host compile per row.
+const MAX_SCHEMA_BYTES: usize = 64 << 10;
+
 /// The ranges the WIT documents for a `local-request`, and a prompt that
 /// could fit the model at all.
 fn check(request: &LocalRequest, max_prompt_bytes: usize) -> Result<(), String> {
@@ -110,6 +115,11 @@ fn check(request: &LocalRequest, max_prompt_bytes: usize) -> Result<(), String> 
     }
     if !(0.0..=1.0).contains(&request.top_p) {
         return Err(format!("top_p {} is out of range 0.0 to 1.0", request.top_p));
+    }
+    if let Some(schema) = &request.json_schema
+        && schema.len() > MAX_SCHEMA_BYTES
+    {
+        return Err(format!("json_schema is {} bytes; the local model takes at most {MAX_SCHEMA_BYTES}", schema.len()));
     }
     let bytes = request.prompt.len() + request.system_prompt.as_deref().map_or(0, str::len);
     if bytes > max_prompt_bytes {
@@ -132,6 +142,7 @@ mod tests {
             temperature: 0.5,
             top_p: 0.9,
             max_tokens: 16,
+            json_schema: None,
         }
     }
 

@@ -288,6 +288,7 @@ pub(super) fn work_params(job: &Job, model: &ModelInfo, backend: &str, component
         top_p: job.top_p,
         max_tokens: job.max_tokens,
         component,
+        schema: job.json_schema.as_ref().map(ToString::to_string),
     }
 }
 

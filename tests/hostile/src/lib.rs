@@ -230,16 +230,18 @@ impl Guest for Hostile {
                 .map(|authority| answer((0..20).map(|_| request(authority, &[])).collect::<Vec<_>>().join("; ")))
                 .collect(),
             "local-bad" => {
-                let bad = [(4 << 20, 4, 0.0), (2, 0, 0.0), (2, 4, 7.5), (2, 4, 0.0)];
+                // Prompt bytes, max tokens, temperature, schema bytes.
+                let bad = [(4 << 20, 4, 0.0, 0), (2, 0, 0.0, 0), (2, 4, 7.5, 0), (2, 4, 0.0, 0), (2, 4, 0.0, 1 << 20)];
                 let requests: Vec<LocalRequest> = bad
                     .iter()
-                    .map(|&(bytes, max_tokens, temperature)| LocalRequest {
+                    .map(|&(bytes, max_tokens, temperature, schema)| LocalRequest {
                         model: None,
                         system_prompt: None,
                         prompt: "x".repeat(bytes),
                         temperature,
                         top_p: 1.0,
                         max_tokens,
+                        json_schema: (schema > 0).then(|| format!("{{\"description\":\"{}\"}}", "x".repeat(schema))),
                     })
                     .collect();
                 local_model::generate(&requests).iter().take(inputs.len()).map(|r| answer(local_outcome(r))).collect()
@@ -252,6 +254,7 @@ impl Guest for Hostile {
                     temperature: 0.0,
                     top_p: 1.0,
                     max_tokens: 2,
+                    json_schema: None,
                 };
                 let results = local_model::generate(&vec![request; inputs.len() + 1]);
                 results.iter().take(inputs.len()).map(|r| answer(local_outcome(r))).collect()

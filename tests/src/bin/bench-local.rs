@@ -154,6 +154,7 @@ fn requests(prompts: &[String]) -> Vec<LocalRequest> {
             temperature: 0.0,
             top_p: 1.0,
             max_tokens: MAX_TOKENS,
+            json_schema: None,
         })
         .collect()
 }

@@ -22,6 +22,14 @@ pub(super) enum Fault {
     Malformed,
 }
 
+/// Whether `#offschema=N` in `prompt` asks the `attempt`-th answer to a
+/// structured-output request to miss its schema (attempts 1 to N).
+pub(super) fn off_schema(prompt: &str, attempt: u32) -> bool {
+    prompt
+        .split_whitespace()
+        .any(|word| word.strip_prefix("#offschema=").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| attempt <= n))
+}
+
 /// The fault a directive in `prompt` asks for on the `attempt`-th request
 /// (1-based) carrying that prompt; the first directive that applies wins.
 ///

@@ -404,6 +404,10 @@ pub(super) struct Completion {
     pub output_tokens: usize,
     /// Cut short by the output limit.
     pub truncated: bool,
+    /// For a structured-output request (OpenAI's `response_format` with a
+    /// `json_schema`, Anthropic's forced tool): the JSON answered instead of
+    /// the text, and the forced tool's name (Anthropic).
+    pub structured: Option<(Value, Option<String>)>,
 }
 
 impl Completion {
@@ -420,17 +424,31 @@ impl Completion {
             Api::OpenAi => body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()),
             Api::Anthropic => body["max_tokens"].as_u64(),
         };
+        let structured = requested_schema(api, body).map(|(schema, tool)| (instance(schema, &prompt), tool));
         match limit.map(|n| n as usize).filter(|n| *n < words(&text)) {
-            Some(n) => {
+            Some(n) if structured.is_none() => {
                 let text = text.split_whitespace().take(n).collect::<Vec<_>>().join(" ");
-                Completion { text, input_tokens, output_tokens: n, truncated: true }
+                Completion { text, input_tokens, output_tokens: n, truncated: true, structured }
             }
-            None => Completion { output_tokens: words(&text), text, input_tokens, truncated: false },
+            _ => Completion { output_tokens: words(&text), text, input_tokens, truncated: false, structured },
         }
+    }
+
+    /// The same answer, off its schema (`#offschema=N`): an object with a
+    /// property the schema does not have and none it requires.
+    pub(super) fn off_schema(mut self) -> Self {
+        if let Some((value, _)) = &mut self.structured {
+            *value = json!({"off_schema": true});
+        }
+        self
     }
 
     /// The 200 answer; `id` is a per-request hex string.
     pub(super) fn reply(&self, api: Api, model: &str, id: &str) -> Reply {
+        let content = match &self.structured {
+            Some((value, _)) => value.to_string(),
+            None => self.text.clone(),
+        };
         let body = match api {
             Api::OpenAi => json!({
                 "id": format!("chatcmpl-{id}"),
@@ -439,7 +457,7 @@ impl Completion {
                 "model": model,
                 "choices": [{
                     "index": 0,
-                    "message": { "role": "assistant", "content": self.text, "refusal": null },
+                    "message": { "role": "assistant", "content": content, "refusal": null },
                     "logprobs": null,
                     "finish_reason": if self.truncated { "length" } else { "stop" },
                 }],
@@ -455,13 +473,75 @@ impl Completion {
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{ "type": "text", "text": self.text }],
-                "stop_reason": if self.truncated { "max_tokens" } else { "end_turn" },
+                "content": match &self.structured {
+                    Some((value, tool)) => json!([{
+                        "type": "tool_use",
+                        "id": format!("toolu_{id}"),
+                        "name": tool.as_deref().unwrap_or_default(),
+                        "input": value,
+                    }]),
+                    None => json!([{ "type": "text", "text": self.text }]),
+                },
+                "stop_reason": if self.structured.is_some() { "tool_use" } else if self.truncated { "max_tokens" } else { "end_turn" },
                 "stop_sequence": null,
                 "usage": { "input_tokens": self.input_tokens, "output_tokens": self.output_tokens },
             }),
         };
         Reply::json(200, &body).stamp(api, &format!("req_{id}"))
+    }
+}
+
+/// The schema a request asks its output to match, and the forced tool's
+/// name: OpenAI's `response_format: {type: json_schema, json_schema:
+/// {schema}}`, or Anthropic's `tools` with a `tool_choice` naming one.
+pub(super) fn requested_schema(api: Api, body: &Value) -> Option<(&Value, Option<String>)> {
+    match api {
+        Api::OpenAi => {
+            let format = &body["response_format"];
+            (format["type"] == "json_schema").then(|| (&format["json_schema"]["schema"], None))
+        }
+        Api::Anthropic => {
+            let name = body["tool_choice"]["name"].as_str().filter(|_| body["tool_choice"]["type"] == "tool")?;
+            let tool = body["tools"].as_array()?.iter().find(|tool| tool["name"] == name)?;
+            Some((&tool["input_schema"], Some(name.to_string())))
+        }
+    }
+}
+
+/// A value that matches `schema`, made from the prompt so that tests can
+/// predict it: strings are the prompt (or an enum's first value), integers
+/// its word count, numbers half that, booleans true, arrays one item,
+/// objects every property.
+pub(super) fn instance(schema: &Value, prompt: &str) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|values| values.first()) {
+        return first.clone();
+    }
+    if !schema["const"].is_null() {
+        return schema["const"].clone();
+    }
+    if let Some(first) = schema["anyOf"].as_array().and_then(|options| options.first()) {
+        return instance(first, prompt);
+    }
+    let kind = match &schema["type"] {
+        Value::Array(kinds) => kinds.iter().find(|k| *k != "null").and_then(Value::as_str).unwrap_or("null"),
+        kind => kind.as_str().unwrap_or("object"),
+    };
+    let words = prompt.split_whitespace().count();
+    match kind {
+        "string" => json!(prompt),
+        "integer" => json!(words),
+        "number" => json!(words as f64 / 2.0),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        "array" => json!([instance(&schema["items"], prompt)]),
+        _ => Value::Object(
+            schema["properties"]
+                .as_object()
+                .map(|properties| {
+                    properties.iter().map(|(name, property)| (name.clone(), instance(property, prompt))).collect()
+                })
+                .unwrap_or_default(),
+        ),
     }
 }
 

@@ -87,6 +87,7 @@ fn stops_at_the_end_token_or_max_tokens_with_consistent_counts() {
         temperature: 0.0,
         top_p: 1.0,
         max_tokens,
+        json_schema: None,
     };
     // A long answer cut at 5 tokens, a short one that ends by itself, and
     // prompts of different lengths decoded in one padded batch.
@@ -136,6 +137,7 @@ fn alone_equals_batched(path: &std::path::Path) {
                 temperature,
                 top_p: 0.9,
                 max_tokens: 24,
+                json_schema: None,
             })
             .collect();
         let outcome = |result: &Result<_, _>| match result {
@@ -201,6 +203,7 @@ fn waiting_rows_take_freed_places_without_changing_any_answer() {
             temperature: if i % 2 == 0 { 0.0 } else { 0.7 },
             top_p: 0.9,
             max_tokens: 2 + (i as u32 * 7) % 11,
+            json_schema: None,
         })
         .collect();
     let batch = model.generate(&requests);
@@ -294,6 +297,7 @@ fn decoding_stops_as_soon_as_the_call_has_ended() {
             temperature: 0.0,
             top_p: 1.0,
             max_tokens: 200,
+            json_schema: None,
         })
         .collect();
     let asked = AtomicUsize::new(0);

@@ -18,5 +18,6 @@ mod resilience;
 mod row_errors;
 mod sandbox;
 mod saved_work;
+mod structured;
 mod templates;
 mod wire_format;

@@ -159,6 +159,7 @@ async fn the_component_checks_any_config_without_failing() {
                     local_base_urls: Vec::new(),
                 },
                 prompt_template: None,
+                json_schema: None,
             }
         })
         .collect();

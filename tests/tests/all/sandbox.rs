@@ -230,7 +230,7 @@ fn component_output_goes_to_a_capped_log() {
 fn the_local_model_refuses_what_the_contract_does_not_allow() {
     let server = ProviderServer::start();
     let (code, stderr, rows) =
-        hostile(&server, "local-bad", &["a", "b", "c", "d"], &["--max-memory", "128", "--call-timeout", "120"]);
+        hostile(&server, "local-bad", &["a", "b", "c", "d", "e"], &["--max-memory", "128", "--call-timeout", "120"]);
     assert_eq!(code, Some(0), "{stderr}");
     let answers: Vec<&str> = rows.iter().map(|r| r["answer"].as_str().unwrap()).collect();
     assert!(answers[0].contains("err:RowError::InvalidRequest") && answers[0].contains("cannot fit"), "{answers:?}");
@@ -240,6 +240,10 @@ fn the_local_model_refuses_what_the_contract_does_not_allow() {
         "{answers:?}"
     );
     assert!(answers[3].starts_with("ok:"), "the valid request is answered: {answers:?}");
+    assert!(
+        answers[4].contains("err:RowError::InvalidRequest") && answers[4].contains("json_schema is"),
+        "{answers:?}"
+    );
 
     let (code, stderr, rows) =
         hostile(&server, "local-flood", &["a", "b"], &["--batch-size", "2", "--call-timeout", "120"]);

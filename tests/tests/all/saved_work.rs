@@ -20,6 +20,7 @@ fn default_params() -> WorkParams {
         top_p: 1.0,
         max_tokens: 1024,
         component: None,
+        schema: None,
     }
 }
 

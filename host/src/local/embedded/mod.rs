@@ -24,6 +24,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
 use sha2::{Digest, Sha256};
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -142,6 +144,9 @@ pub struct EmbeddedModel {
     identity: String,
     /// See [`EmbeddedModel::max_prompt_bytes`].
     max_prompt_bytes: usize,
+    /// What turns a JSON schema into a constraint on this model's tokens:
+    /// made at the first request with a schema (it walks the vocabulary).
+    guidance: OnceLock<Result<ParserFactory, String>>,
 }
 
 impl EmbeddedModel {
@@ -169,6 +174,7 @@ impl EmbeddedModel {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let prefix_sharing = !model.is_recurrent() && !model.is_hybrid();
         let this = EmbeddedModel {
+            guidance: OnceLock::new(),
             prefix_sharing,
             engine: Engine::new(model, |_| Mutex::new(None)),
             template,
@@ -187,6 +193,7 @@ impl EmbeddedModel {
             temperature: 0.0,
             top_p: 1.0,
             max_tokens: 1,
+            json_schema: None,
         };
         if let Some(Err(error)) = this.generate(&[probe]).pop() {
             return Err(invalid(format!("the model does not run: {}", error.describe())));
@@ -231,10 +238,21 @@ impl EmbeddedModel {
                         self.context_length
                     ))))
                 }
-                Ok(ids) => prompts.push(Prompt { index, ids }),
+                Ok(ids) => prompts.push(Prompt { index, ids, constraint: std::cell::Cell::new(None) }),
                 Err(message) => results[index] = Some(Err(RowError::InvalidRequest(message))),
             }
         }
+        // A schema becomes the first sampler of its row's chain: only tokens
+        // that keep the output on the schema can be drawn.
+        for prompt in &prompts {
+            if let Some(schema) = &requests[prompt.index].json_schema {
+                match self.constraint(schema) {
+                    Ok(sampler) => prompt.constraint.set(Some(sampler)),
+                    Err(message) => results[prompt.index] = Some(Err(RowError::InvalidRequest(message))),
+                }
+            }
+        }
+        prompts.retain(|prompt| results[prompt.index].is_none());
         if !prompts.is_empty() {
             let decoded = self.engine.with_dependent(|model, workspace| {
                 let mut workspace = workspace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -248,6 +266,29 @@ impl EmbeddedModel {
         }
         let stopped = || Err(RowError::Timeout("the call ended before this row was decoded; decoding stopped".into()));
         results.into_iter().map(|r| r.unwrap_or_else(stopped)).collect()
+    }
+
+    /// A sampler that keeps a row's output on `schema` (JSON text).
+    fn constraint(&self, schema: &str) -> Result<LlamaSampler, String> {
+        let factory = self
+            .guidance
+            .get_or_init(|| {
+                let env = LlamaSampler::llguidance_tok_env(self.engine.borrow_owner());
+                ParserFactory::new_simple(&env).map_err(|e| format!("structured output is not available: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let mut schema: serde_json::Value =
+            serde_json::from_str(schema).map_err(|e| format!("json_schema is not JSON: {e}"))?;
+        // Compact JSON: with whitespace left free, small models were seen to
+        // write newlines and spaces until max_tokens (shared/notes).
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("x-guidance".into(), serde_json::json!({"whitespace_flexible": false}));
+        }
+        let parser = factory
+            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .map_err(|e| format!("json_schema: the local model cannot follow it: {e}"))?;
+        Ok(LlamaSampler::from(Matcher::new(Ok(parser))))
     }
 
     /// The request as the model's chat template lays it out, in tokens.
@@ -329,7 +370,7 @@ impl EmbeddedModel {
                     logits: batch.n_tokens() - 1,
                     prompt_tokens: prompt.ids.len() as u32,
                     generated: Vec::new(),
-                    sampler: sampler(request, row_seed(self.seed, request)),
+                    sampler: sampler(request, row_seed(self.seed, request), prompt.constraint.take()),
                 });
                 free.pop();
                 waiting.next();
@@ -458,6 +499,8 @@ struct Prompt {
     /// The request's index in the batch.
     index: usize,
     ids: Vec<LlamaToken>,
+    /// Its schema's sampler, taken when the prompt starts decoding.
+    constraint: std::cell::Cell<Option<LlamaSampler>>,
 }
 
 /// A prompt being answered.
@@ -487,16 +530,23 @@ fn default_system_prompt(template: &str) -> Option<String> {
     (!text.contains("{{") && !text.contains("{%") && !text.trim().is_empty()).then(|| text.replace("\\n", "\n"))
 }
 
-/// Greedy at temperature 0, else top-p then temperature sampling, seeded.
-fn sampler(request: &LocalRequest, seed: u64) -> LlamaSampler {
-    if request.temperature <= 0.0 {
-        return LlamaSampler::greedy();
+/// Greedy at temperature 0, else top-p then temperature sampling, seeded;
+/// after `constraint` (a schema's), which masks what may not come next.
+fn sampler(request: &LocalRequest, seed: u64, constraint: Option<LlamaSampler>) -> LlamaSampler {
+    let choose = if request.temperature <= 0.0 {
+        vec![LlamaSampler::greedy()]
+    } else {
+        vec![
+            LlamaSampler::top_p(request.top_p as f32, 1),
+            LlamaSampler::temp(request.temperature as f32),
+            LlamaSampler::dist(seed as u32),
+        ]
+    };
+    match constraint {
+        None if choose.len() == 1 => choose.into_iter().next().expect("one sampler"),
+        None => LlamaSampler::chain_simple(choose),
+        Some(constraint) => LlamaSampler::chain_simple(std::iter::once(constraint).chain(choose)),
     }
-    LlamaSampler::chain_simple([
-        LlamaSampler::top_p(request.top_p as f32, 1),
-        LlamaSampler::temp(request.temperature as f32),
-        LlamaSampler::dist(seed as u32),
-    ])
 }
 
 fn row_seed(seed: u64, request: &LocalRequest) -> u64 {
