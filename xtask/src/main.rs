@@ -296,7 +296,12 @@ fn bench_batch(args: Vec<String>) -> Result<(), String> {
     let mut result = Ok(());
     for (label, model, extra) in [
         ("OpenAI Batch API", "gpt-4o-mini", &["--batch-api", "--poll-interval", "0"][..]),
-        ("Anthropic Message Batches", "claude-3-5-haiku", &["--batch-api", "--poll-interval", "0"][..]),
+        // Claude 3.5 Haiku's own id is retired (the stand-in answers 404, as Anthropic does).
+        (
+            "Anthropic Message Batches",
+            "claude-3-5-haiku",
+            &["--batch-api", "--poll-interval", "0", "--model-id", "claude-haiku-4-5-20251001"][..],
+        ),
         ("synchronous (batch size 256)", "gpt-4o-mini", &["--batch-size", "256"][..]),
     ] {
         let _ = std::fs::remove_dir_all(dir.join("batch-output.parquet.batchgen-batches"));
