@@ -322,3 +322,53 @@ fn decoding_stops_as_soon_as_the_call_has_ended() {
     };
     assert_eq!(texts(&after), texts(&fresh));
 }
+
+/// Structured output on the embedded model: constrained decoding keeps 50
+/// rows of a small model on a schema (a string enum, a bounded integer, a
+/// bounded string), greedy and sampled, one at a time and 16 at a time, and
+/// a row's JSON does not depend on its batch.
+#[tokio::test(flavor = "multi_thread")]
+#[expect(clippy::await_holding_lock, reason = "the turn is held for the whole test, awaits included, on purpose")]
+async fn the_embedded_model_keeps_every_output_on_the_schema() {
+    let _turn = take_turn();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+            "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+            "topic": {"type": "string", "maxLength": 24}
+        },
+        "required": ["sentiment", "stars", "topic"],
+        "additionalProperties": false
+    });
+    let subjects = ["film", "meal", "hotel", "phone", "book", "concert", "game", "car", "shirt", "park"];
+    let moods = ["loved the", "hated the", "was unsure about the", "enjoyed the", "regretted buying the"];
+    let rows: Vec<serde_json::Value> = (0..50)
+        .map(|i| json!({"prompt": format!("Review: I {} {}. Rate it.", moods[i % 5], subjects[i / 5])}))
+        .collect();
+    let (dir, input, _) = dataset(&rows);
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for temperature in [0.0, 0.8] {
+        let mut outputs = Vec::new();
+        for batch_size in [1, 16] {
+            let output = dir.path().join(format!("out-{temperature}-{batch_size}.jsonl"));
+            let mut options = local_options(&input, &output, 5, temperature);
+            options.job.max_tokens = 64;
+            options.job.batch_size = batch_size;
+            options.job.json_schema = Some(schema.clone());
+            let summary = run(&options).await.unwrap();
+            assert_eq!(summary.failed, 0, "temperature {temperature}, batch {batch_size}: {:?}", errors(&output));
+            let texts = answers(&output);
+            for text in &texts {
+                let value: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                assert!(validator.is_valid(&value), "{text}");
+            }
+            outputs.push(texts);
+        }
+        assert_eq!(outputs[0], outputs[1], "temperature {temperature}: alone equals batched");
+    }
+}
+
+fn errors(path: &std::path::Path) -> Vec<String> {
+    read_jsonl(path).iter().filter_map(|row| row["answer_error"].as_str().map(str::to_string)).collect()
+}
