@@ -10,6 +10,8 @@
 //! - `bench-local`: the embedded model's tokens/s at batch sizes 1, 8 and 32, beside llama.cpp's server and llama-cpp-python in the same run.
 //! - `bench-batch`: 200,000 Parquet rows through each provider's batch API
 //!   on the stand-in, beside a synchronous run of the same rows.
+//! - `bench-schema`: the embedded model's tokens/s with and without a JSON
+//!   schema constraining its decoding.
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 
@@ -20,19 +22,20 @@ use std::process::{Child, Command, ExitCode, Stdio};
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
-    let result =
-        match task.as_str() {
-            "setup" => setup(),
-            "test" => setup().and_then(|()| test()),
-            "example" => setup().and_then(|()| example()),
-            "bench" => setup().and_then(|()| throughput::bench(std::env::args().skip(2).collect())),
-            "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
-            "bench-start" => setup().and_then(|()| bench_start()),
-            "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
-            "bench-batch" => setup().and_then(|()| bench_batch(std::env::args().skip(2).collect())),
-            _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start|bench-local|bench-batch"
-                .to_string()),
-        };
+    let result = match task.as_str() {
+        "setup" => setup(),
+        "test" => setup().and_then(|()| test()),
+        "example" => setup().and_then(|()| example()),
+        "bench" => setup().and_then(|()| throughput::bench(std::env::args().skip(2).collect())),
+        "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
+        "bench-start" => setup().and_then(|()| bench_start()),
+        "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
+        "bench-batch" => setup().and_then(|()| bench_batch(std::env::args().skip(2).collect())),
+        "bench-schema" => setup().and_then(|()| bench_schema()),
+        _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start|bench-local|bench-batch|\
+                      bench-schema"
+            .to_string()),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -333,6 +336,27 @@ fn bench_batch(args: Vec<String>) -> Result<(), String> {
     }
     server.stop();
     result
+}
+
+/// Structured-output benchmark (tests/src/bin/bench-schema.rs): the
+/// embedded model's tokens/s on 16 prompts at once, with and without a
+/// JSON schema, on the default model.
+fn bench_schema() -> Result<(), String> {
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "batchgen",
+        "--package",
+        "batchgen-tests",
+        "--bin",
+        "batchgen",
+        "--bin",
+        "bench-schema",
+    ]))?;
+    fetch_model(&root().join("target/release/batchgen"), "smollm2-135m", None)?;
+    run(Command::new(root().join("target/release/bench-schema")).current_dir(root()))
 }
 
 /// Start-up benchmark: the library's own figures (`bench-instantiate`),
