@@ -96,6 +96,10 @@ pub struct Job {
     /// the schema object itself. Outputs are then JSON.
     #[arg(long, value_name = "FILE", value_parser = schema_file)]
     pub json_schema: Option<serde_json::Value>,
+    /// With --json-schema: also write each top-level property of the schema as a column of its own
+    /// (typed in Parquet), in schema order.
+    #[arg(long)]
+    pub expand_json: bool,
     /// Column to write; failures go to COL_error. Required.
     #[arg(long, value_name = "COL", default_value = "", hide_default_value = true)]
     pub output_column: String,
@@ -201,6 +205,9 @@ impl Job {
         ];
         if let Some((_, field, flag)) = required.into_iter().find(|(value, _, _)| value.is_empty()) {
             return Err(ConfigError::Missing { field, flag });
+        }
+        if self.expand_json && self.json_schema.is_none() {
+            return Err(ConfigError::Missing { field: "json_schema", flag: "--json-schema (expand_json needs it)" });
         }
         if self.prompt_template.is_some() && !self.input_column.is_empty() {
             return Err(ConfigError::Conflict { fields: "input_column and prompt_template" });

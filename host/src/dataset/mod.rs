@@ -103,7 +103,7 @@ use std::path::{Path, PathBuf};
 pub use error::DatasetError;
 pub use reader::{Chunk, Reader};
 pub use survey::{survey, survey_input};
-pub use writer::Writer;
+pub use writer::{Expanded, Kind, Writer};
 
 /// A dataset file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

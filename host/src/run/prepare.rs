@@ -4,7 +4,8 @@
 
 use super::{RunError, RunOptions, load_plugin};
 use crate::bindings::{Config, ConfigProblem, ModelInfo, Provider};
-use crate::dataset::{self, Format, Input, Survey};
+use crate::config::Job;
+use crate::dataset::{self, Expanded, Format, Input, Kind, Survey};
 use crate::local::{EmbeddedModel, LocalModel, embedded};
 use crate::outbound::{self, Destination, Origin, Outbound};
 use crate::plugin::sandbox::Limits;
@@ -68,6 +69,32 @@ pub(super) async fn prepare(options: &RunOptions) -> Result<Prepared, RunError> 
     let (destinations, local) = connections(options, &model)?;
     let survey = dataset::survey_input(&options.input, &input, &options.job.output_column)?;
     Ok(Prepared { plugin, config, model, client, destinations, local, survey, input, probe })
+}
+
+/// With `expand_json`, the schema's top-level properties as columns, in
+/// schema order, typed by their `type` (a nullable one too).
+pub(super) fn expanded_columns(job: &Job) -> Vec<Expanded> {
+    let Some(schema) = job.json_schema.as_ref().filter(|_| job.expand_json) else { return Vec::new() };
+    let Some(properties) = schema["properties"].as_object() else { return Vec::new() };
+    properties
+        .iter()
+        .map(|(name, property)| {
+            let types: Vec<&str> = match &property["type"] {
+                serde_json::Value::String(one) => vec![one.as_str()],
+                serde_json::Value::Array(many) => {
+                    many.iter().filter_map(|t| t.as_str()).filter(|t| *t != "null").collect()
+                }
+                _ => Vec::new(),
+            };
+            let kind = match types.as_slice() {
+                ["integer"] => Kind::Integer,
+                ["number"] => Kind::Number,
+                ["boolean"] => Kind::Boolean,
+                _ => Kind::Text,
+            };
+            Expanded { name: name.clone(), kind }
+        })
+        .collect()
 }
 
 /// The destinations this run may reach (the chosen provider's endpoint, or

@@ -2,7 +2,7 @@
 //! a small pool of component instances, made durable in the journal as soon
 //! as they return, and written to the output strictly in order.
 
-use super::prepare::Prepared;
+use super::prepare::{Prepared, expanded_columns};
 use super::prompts;
 use super::{RunError, RunOptions};
 use crate::bindings::{Config, Generation, ModelInfo, Provider, RowError};
@@ -83,7 +83,7 @@ impl Window {
         let component = options.component.as_ref().map(|_| plugin.digest());
         let params = work_params(job, &model, &backend(options, &local), component);
         let reader = Reader::open_input(&options.input, &survey, &input)?;
-        let writer = Writer::create(&options.output, &survey, &job.output_column)?;
+        let writer = Writer::create_expanded(&options.output, &survey, &job.output_column, &expanded_columns(job))?;
         let pacer = Pacer::new(PaceSettings {
             max_concurrency: job.batch_size as usize,
             max_requests_per_minute: job.max_rpm.filter(|&n| n > 0),

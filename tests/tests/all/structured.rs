@@ -205,3 +205,93 @@ fn the_schema_is_part_of_the_saved_works_key() {
     assert_eq!(server.requests().len(), 2, "the free answer was not reused for the structured one");
     assert!(read_jsonl(&output)[0]["answer"].as_str().unwrap().starts_with('{'));
 }
+
+#[test]
+fn expand_json_writes_each_property_as_a_typed_column_in_every_format() {
+    use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
+    use arrow_schema::DataType;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "enum": ["positive", "negative"]},
+            "score": {"type": "integer"},
+            "ratio": {"type": "number"},
+            "ok": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}}
+        },
+        "required": ["label", "score", "ratio", "ok", "tags"],
+        "additionalProperties": false
+    });
+    let server = ProviderServer::start();
+    let (dir, input, _) =
+        dataset(&[json!({"id": 1, "prompt": "good day"}), json!({"id": 2, "prompt": "bad #status=400"})]);
+    let columns = ["id", "prompt", "label", "score", "ratio", "ok", "tags", "answer", "answer_error"];
+    for format in ["jsonl", "csv", "parquet"] {
+        let output = dir.path().join(format!("out.{format}"));
+        let ran = structured(&server, dir.path(), &input, &output, "gpt-4o-mini", &schema, &["--expand-json"]);
+        assert_eq!(ran.code, Some(1), "{format}: {}", ran.stderr);
+        match format {
+            "jsonl" => {
+                let rows = read_jsonl(&output);
+                assert_eq!(rows[0].as_object().unwrap().keys().collect::<Vec<_>>(), columns);
+                assert_eq!(
+                    (&rows[0]["label"], &rows[0]["score"], &rows[0]["ratio"], &rows[0]["ok"], &rows[0]["tags"]),
+                    (&json!("positive"), &json!(2), &json!(1.0), &json!(true), &json!("[\"good day\"]"))
+                );
+                assert_eq!((&rows[1]["label"], &rows[1]["score"]), (&Value::Null, &Value::Null), "a failed row");
+            }
+            "csv" => {
+                let mut reader = csv::Reader::from_path(&output).unwrap();
+                assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), columns);
+                let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+                assert_eq!(
+                    &rows[0].iter().collect::<Vec<_>>()[2..7],
+                    ["positive", "2", "1.0", "true", "[\"good day\"]"]
+                );
+                assert_eq!(&rows[1].iter().collect::<Vec<_>>()[2..7], ["", "", "", "", ""]);
+            }
+            _ => {
+                let batch = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&output).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                let names: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+                assert_eq!(names, columns);
+                let types: Vec<_> = batch.schema().fields()[2..7].iter().map(|f| f.data_type().clone()).collect();
+                assert_eq!(
+                    types,
+                    [DataType::Utf8, DataType::Int64, DataType::Float64, DataType::Boolean, DataType::Utf8]
+                );
+                let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+                assert_eq!(column("label").as_any().downcast_ref::<StringArray>().unwrap().value(0), "positive");
+                assert_eq!(column("score").as_any().downcast_ref::<Int64Array>().unwrap().value(0), 2);
+                assert_eq!(column("ratio").as_any().downcast_ref::<Float64Array>().unwrap().value(0), 1.0);
+                assert!(column("ok").as_any().downcast_ref::<BooleanArray>().unwrap().value(0));
+                assert!(column("score").is_null(1), "a failed row's properties are null");
+            }
+        }
+    }
+    // --expand-json needs a schema.
+    let ran = cli(
+        &server,
+        &[
+            "--input",
+            path(&input),
+            "--output",
+            path(&dir.path().join("x.jsonl")),
+            "--generation-model",
+            "gpt-4o-mini",
+            "--input-column",
+            "prompt",
+            "--output-column",
+            "answer",
+            "--expand-json",
+        ],
+    );
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(ran.stderr.contains("json_schema"), "{}", ran.stderr);
+}

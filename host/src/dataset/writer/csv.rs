@@ -39,7 +39,7 @@ impl CsvSink {
     /// Writes the header to `out`: `columns`, then the two output columns.
     pub(super) fn create(out: BufWriter<File>, columns: &[String], names: &Names) -> Result<CsvSink, SinkError> {
         let mut out = csv::WriterBuilder::new().has_headers(false).from_writer(out);
-        out.write_record(columns.iter().map(String::as_str).chain(names.both()))?;
+        out.write_record(columns.iter().map(String::as_str).chain(names.all()))?;
         Ok(CsvSink { out, columns: columns.to_vec(), record: ByteRecord::new() })
     }
 
@@ -76,7 +76,7 @@ impl CsvSink {
     /// Appends row `i`'s two cells to the record built so far and writes it.
     fn write_with_outputs(&mut self, outputs: &Outputs, i: usize) -> Result<(), SinkError> {
         for cell in outputs.cells(i) {
-            self.record.push_field(cell);
+            self.record.push_field(&cell);
         }
         Ok(self.out.write_byte_record(&self.record)?)
     }

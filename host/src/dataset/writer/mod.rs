@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::{NamedTempFile, TempPath};
 
+pub use self::outputs::{Expanded, Kind};
 use self::outputs::{Names, Outputs};
 use self::sink::Sink;
 use super::survey::Detail;
@@ -43,8 +44,20 @@ impl Writer {
     /// `survey` describes. Writes to a temporary file in the output's
     /// directory; nothing appears at `path` until [`Writer::finish`].
     pub fn create(path: &Path, survey: &Survey, output_column: &str) -> Result<Writer, DatasetError> {
+        Writer::create_expanded(path, survey, output_column, &[])
+    }
+
+    /// [`Writer::create`], with a column for each of `expanded`: the
+    /// top-level properties of the outputs' JSON (`--expand-json`), written
+    /// after the input columns, before the output column.
+    pub fn create_expanded(
+        path: &Path,
+        survey: &Survey,
+        output_column: &str,
+        expanded: &[Expanded],
+    ) -> Result<Writer, DatasetError> {
         let output_format = Format::from_path(path)?;
-        let names = Names::new(output_column);
+        let names = Names::new(output_column, expanded);
         names.check_new(survey)?;
         // Checked before the temporary file exists, so that a file that can
         // never be written is refused without touching the directory.

@@ -19,7 +19,7 @@ mod plan;
 pub use book::BookError;
 pub(super) use book::custom_id;
 
-use super::prepare::{Prepared, connections, prepare};
+use super::prepare::{Prepared, connections, expanded_columns, prepare};
 use super::window::{saved, work_params};
 use super::{RunError, RunOptions, load_plugin, prompts};
 use crate::bindings::{Config, Failure, Generation, JobState, JobStatus, JobTag};
@@ -519,7 +519,8 @@ impl Output<'_> {
     ) -> Result<(), RunError> {
         let job = &self.options.job;
         let mut reader = Reader::open_input(&self.options.input, self.survey, self.input)?;
-        let mut writer = Writer::create(&self.options.output, self.survey, &job.output_column)?;
+        let mut writer =
+            Writer::create_expanded(&self.options.output, self.survey, &job.output_column, &expanded_columns(job))?;
         while let Some(mut chunk) = reader.next_chunk(WRITE_CHUNK)? {
             let unrendered = prompts::render(session, config, self.input, &mut chunk).await?;
             let mut outputs = Vec::with_capacity(chunk.len());
