@@ -323,6 +323,24 @@ impl Default for ProviderEndpoints {
     }
 }
 
+impl ProviderEndpoints {
+    /// The endpoints the environment names, as the CLI reads them:
+    /// `OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL` and `BATCHGEN_LOCAL_URL`
+    /// (comma-separated), each defaulting as its flag does. For embedders
+    /// without the CLI's flags, such as the Python package.
+    pub fn from_env() -> ProviderEndpoints {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        let defaults = ProviderEndpoints::default();
+        ProviderEndpoints {
+            openai_base_url: var("OPENAI_BASE_URL").unwrap_or(defaults.openai_base_url),
+            anthropic_base_url: var("ANTHROPIC_BASE_URL").unwrap_or(defaults.anthropic_base_url),
+            local_urls: var("BATCHGEN_LOCAL_URL")
+                .map(|urls| urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// API keys, by provider. Kept out of `Debug` output.
 #[derive(Clone, Default)]
 pub struct ApiKeys {

@@ -3,7 +3,8 @@
 //!
 //! - `setup`: the wasm32-wasip2 target.
 //! - `test`: set-up, the build, the default model (`batchgen fetch-model`),
-//!   then the whole suite (host, integration, guest units).
+//!   then the whole suite (host, integration, guest units, the Node example,
+//!   the Python package's pytest suite).
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
@@ -146,7 +147,37 @@ fn test() -> Result<(), String> {
     }
     run(cargo().args(["test", "--locked", "--workspace"]))?;
     run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))?;
-    node_example()
+    node_example()?;
+    python_tests()
+}
+
+/// The Python package (`python/`): built into a virtual environment of its
+/// own (target/python-venv, with python/requirements-test.txt) by `maturin
+/// develop`, then its pytest suite against the stand-in server, with the
+/// suite's model cache.
+fn python_tests() -> Result<(), String> {
+    let venv = root().join("target/python-venv");
+    let bin = venv.join("bin");
+    if !bin.join("python").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .map_err(|e| format!("{e}: the Python package's tests need Python 3.9+ with venv"))?;
+    }
+    run(Command::new(bin.join("python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(root().join("python/requirements-test.txt")))?;
+    let path = std::env::join_paths(
+        std::iter::once(bin.clone()).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)),
+    )
+    .map_err(|e| e.to_string())?;
+    run(Command::new(bin.join("maturin"))
+        .args(["develop", "--locked"])
+        .current_dir(root().join("python"))
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", &path))?;
+    run(Command::new(bin.join("python"))
+        .args(["-m", "pytest", "-q", "tests"])
+        .current_dir(root().join("python"))
+        .env("BATCHGEN_CACHE_DIR", root().join("target/test-component-cache")))
 }
 
 /// The enforced style: rustfmt, and clippy with every warning an error

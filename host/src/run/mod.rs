@@ -162,6 +162,15 @@ pub async fn list_models(plugin: &Plugin) -> Result<Vec<ModelInfo>, PluginError>
     session.list_models().await
 }
 
+/// Every problem with `config`, asked of an instance that may send nothing.
+pub async fn check_config(
+    plugin: &Plugin,
+    config: &crate::bindings::Config,
+) -> Result<Vec<ConfigProblem>, PluginError> {
+    let mut session = plugin.instantiate(Outbound::deny_all(), LocalModel::Unavailable).await?;
+    session.check_config(config).await
+}
+
 /// Runs the job. Every check happens before the first request: paths,
 /// config, credentials, and a full pass over the input.
 pub async fn run(options: &RunOptions) -> Result<Summary, RunError> {
