@@ -13,6 +13,8 @@
 //!   on the stand-in, beside a synchronous run of the same rows.
 //! - `bench-schema`: the embedded model's tokens/s with and without a JSON
 //!   schema constraining its decoding.
+//! - `bench-python`: the release wheel, then `batchgen.generate` on 100,000
+//!   rows beside the CLI on the same rows.
 //! - `bench-start`: compile, cache-load and instantiation times, and the
 //!   whole-process start of `batchgen models`, cold and warm.
 
@@ -33,8 +35,9 @@ fn main() -> ExitCode {
         "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
         "bench-batch" => setup().and_then(|()| bench_batch(std::env::args().skip(2).collect())),
         "bench-schema" => setup().and_then(|()| bench_schema()),
+        "bench-python" => setup().and_then(|()| bench_python()),
         _ => Err("usage: cargo xtask setup|test|example|bench|bench-stream|bench-start|bench-local|bench-batch|\
-                      bench-schema"
+                      bench-schema|bench-python"
             .to_string()),
     };
     match result {
@@ -157,14 +160,7 @@ fn test() -> Result<(), String> {
 /// suite's model cache.
 fn python_tests() -> Result<(), String> {
     let venv = root().join("target/python-venv");
-    let bin = venv.join("bin");
-    if !bin.join("python").exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
-            .map_err(|e| format!("{e}: the Python package's tests need Python 3.9+ with venv"))?;
-    }
-    run(Command::new(bin.join("python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(root().join("python/requirements-test.txt")))?;
+    let bin = python_venv(&venv, &["-r", "python/requirements-test.txt"])?;
     let path = std::env::join_paths(
         std::iter::once(bin.clone()).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)),
     )
@@ -222,6 +218,93 @@ fn node_example() -> Result<(), String> {
         .env("OPENAI_BASE_URL", &server.openai_base_url));
     server.stop();
     result
+}
+
+/// A virtual environment at `venv` with `packages` (pip's arguments, run
+/// from the repository root) installed; returns its `bin` folder.
+fn python_venv(venv: &Path, packages: &[&str]) -> Result<PathBuf, String> {
+    let bin = venv.join("bin");
+    if !bin.join("python").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))
+            .map_err(|e| format!("{e}: the Python package needs Python 3.9+ with venv"))?;
+    }
+    run(Command::new(bin.join("python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(packages)
+        .current_dir(root()))?;
+    Ok(bin)
+}
+
+/// Python benchmark: the release wheel (its build time and size), then
+/// `batchgen.generate` on a 100,000-row pyarrow table against the stand-in,
+/// beside the CLI on the same rows as Parquet: wall time, rows/s and peak
+/// RSS of each whole process.
+fn bench_python() -> Result<(), String> {
+    let rows = 100_000u64;
+    let (release, dir, input) = bench_dataset(rows)?;
+    let tools = python_venv(&dir.join("python-venv"), &["maturin==1.16.0", "pyarrow==26.0.1"])?;
+    let wheels = dir.join("wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    let started = std::time::Instant::now();
+    run(Command::new(tools.join("maturin"))
+        .args(["build", "--release", "--strip", "--locked", "-o"])
+        .arg(&wheels)
+        .current_dir(root().join("python")))?;
+    let built = started.elapsed().as_secs_f64();
+    let wheel = std::fs::read_dir(&wheels)
+        .map_err(|e| e.to_string())?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.extension().is_some_and(|e| e == "whl"))
+        .ok_or("maturin made no wheel")?;
+    let size = std::fs::metadata(&wheel).map_err(|e| e.to_string())?.len();
+    run(Command::new(tools.join("python"))
+        .args(["-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps"])
+        .arg(&wheel))?;
+    let cache = dir.join("component-cache");
+    run(Command::new(release.join("batchgen")).arg("models").env("BATCHGEN_CACHE_DIR", &cache).stdout(Stdio::null()))?;
+    let mut server = StandIn::start(&release.join("provider-server"))?;
+    let script = format!(
+        "import batchgen, pyarrow.parquet as pq\n\
+         t = pq.read_table({input:?})\n\
+         r = batchgen.generate(t, generation_model='gpt-4o-mini', input_column='prompt', output_column='answer',\n\
+         batch_size=256, work_dir={work:?}, progress=False)\n\
+         assert r.num_rows == t.num_rows and r.column('answer_error').null_count == t.num_rows\n",
+        work = dir.join("python-work").display().to_string(),
+    );
+    let _ = std::fs::remove_dir_all(dir.join("python-work"));
+    let environment = |command: &mut Command| {
+        command
+            .env("OPENAI_BASE_URL", &server.openai_base_url)
+            .env("OPENAI_API_KEY", "bench-key")
+            .env("BATCHGEN_CACHE_DIR", &cache);
+    };
+    let mut python = Command::new(tools.join("python"));
+    python.args(["-c", &script]);
+    environment(&mut python);
+    let mut cli = Command::new(release.join("batchgen"));
+    cli.args(["run", "--quiet", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.join("python-cli.parquet"))
+        .args(["--generation-model", "gpt-4o-mini", "--input-column", "prompt", "--output-column", "answer"])
+        .args(["--batch-size", "256", "--fresh"]);
+    environment(&mut cli);
+    let measured = [
+        ("batchgen.generate (pyarrow Table)", Measured::run(&mut python)),
+        ("batchgen run (Parquet)", Measured::run(&mut cli)),
+    ];
+    server.stop();
+    println!("wheel {} ({:.1} MB), built in {built:.0} s", wheel.display(), size as f64 / 1e6);
+    println!("rows {rows}, batch size 256, the stand-in on this machine");
+    println!("{:<36} {:>9} {:>10} {:>14}", "run", "wall s", "rows/s", "peak RSS MiB");
+    for (label, measured) in measured {
+        let m = measured?;
+        if m.exit != 0 {
+            return Err(format!("{label} exited with {}", m.exit));
+        }
+        println!("{label:<36} {:>9.2} {:>10.0} {:>14.1}", m.wall, rows as f64 / m.wall, m.max_rss_kib as f64 / 1024.0);
+    }
+    Ok(())
 }
 
 /// Runs the main job on `examples/questions.jsonl` with the embedded
