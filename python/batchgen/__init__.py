@@ -239,21 +239,28 @@ def generate(
         )
         summary = _wait(handle, progress, "batchgen")
     try:
-        result = pq.read_table(output, memory_map=False)
+        written = pq.read_table(output, memory_map=False)
     finally:
         output.unlink(missing_ok=True)
-    # Parquet keeps the input's schema metadata (pandas' index and dtypes,
-    # the dataset's features), which the rebuild uses.
-    result = result.replace_schema_metadata({**(table.schema.metadata or {}), **(result.schema.metadata or {})})
-    rebuilt = rebuild(result)
-    if hasattr(rebuilt, "attrs"):
-        rebuilt.attrs["batchgen"] = summary.report
-    return (rebuilt, summary) if with_summary else rebuilt
+    # Only the columns the run added come from its output; the input's own
+    # columns are handed back as they came in (the same buffers where the
+    # kind allows).
+    added = written.select([name for name in written.column_names if name not in table.column_names])
+    result = rebuild(added)
+    if hasattr(result, "attrs"):
+        result.attrs["batchgen"] = summary.report
+    return (result, summary) if with_summary else result
 
 
 def _as_table(data: Any):
-    """``data`` as a pyarrow Table, and how to turn a table back into its kind."""
+    """``data`` as a pyarrow Table, and how to return it with the run's
+    added columns (a Table, rows in order) as the kind it came as."""
     import pyarrow as pa
+
+    def appended(table: "pa.Table", added: "pa.Table") -> "pa.Table":
+        for field, column in zip(added.schema, added.columns):
+            table = table.append_column(field, column)
+        return table
 
     module = type(data).__module__.split(".")[0]
     if module == "datasets":
@@ -263,30 +270,34 @@ def _as_table(data: Any):
         if getattr(data, "_indices", None) is not None:
             table = table.take(data._indices.column(0))
         split = data.split
-
-        def rebuild(t):
-            return datasets.Dataset(datasets.table.InMemoryTable(t), split=split)
-
-        return table, rebuild
+        return table, lambda added: datasets.Dataset(datasets.table.InMemoryTable(appended(table, added)), split=split)
     if module == "pandas":
-        import pandas as pd
 
-        table = pa.Table.from_pandas(data)
-        return table, lambda t: t.to_pandas()
+        def rebuild_pandas(added):
+            result = data.copy(deep=False)
+            for name in added.column_names:
+                result[name] = added.column(name).to_pandas().set_axis(result.index)
+            return result
+
+        return pa.Table.from_pandas(data, preserve_index=False), rebuild_pandas
     if module == "polars":
         import polars as pl
 
-        if hasattr(data, "collect") and not hasattr(data, "to_arrow"):
-            data = data.collect()
-        return data.to_arrow(), lambda t: pl.from_arrow(t)
+        frame = data.collect() if hasattr(data, "collect") else data
+        return frame.to_arrow(), lambda added: frame.hstack(pl.from_arrow(added).get_columns())
     if isinstance(data, pa.Table):
-        return data, lambda t: t
+        return data, lambda added: appended(data, added)
     if isinstance(data, pa.RecordBatch):
-        return pa.Table.from_batches([data]), lambda t: t.combine_chunks().to_batches()[0] if t.num_rows else t.to_batches()
+        table = pa.Table.from_batches([data])
+        return table, lambda added: appended(table, added).combine_chunks().to_batches(max_chunksize=max(1, data.num_rows))[0]
     if isinstance(data, pa.RecordBatchReader):
-        return data.read_all(), lambda t: pa.RecordBatchReader.from_batches(t.schema, t.to_batches())
+        table = data.read_all()
+        return table, lambda added: pa.RecordBatchReader.from_batches(
+            appended(table, added).schema, appended(table, added).to_batches()
+        )
     if hasattr(data, "__arrow_c_stream__"):
-        return pa.table(data), lambda t: t
+        table = pa.table(data)
+        return table, lambda added: appended(table, added)
     raise TypeError(
         f"batchgen.generate takes a pyarrow Table, RecordBatch or RecordBatchReader, a pandas or polars "
         f"DataFrame, a datasets.Dataset, or an object with __arrow_c_stream__; not {type(data).__name__}"

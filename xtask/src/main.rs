@@ -220,6 +220,17 @@ fn node_example() -> Result<(), String> {
     result
 }
 
+/// `cargo build --release` of the workspace's `bins` (from the batchgen
+/// and batchgen-tests packages), as the benchmarks run them.
+fn build_release(bins: &[&str]) -> Result<(), String> {
+    let mut command = cargo();
+    command.args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests"]);
+    for bin in bins {
+        command.args(["--bin", bin]);
+    }
+    run(&mut command)
+}
+
 /// A virtual environment at `venv` with `packages` (pip's arguments, run
 /// from the repository root) installed; returns its `bin` folder.
 fn python_venv(venv: &Path, packages: &[&str]) -> Result<PathBuf, String> {
@@ -372,21 +383,7 @@ fn bench_stream(args: Vec<String>) -> Result<(), String> {
 /// of `rows` rows (made once): the release folder, the bench folder and
 /// the dataset's path.
 fn bench_dataset(rows: u64) -> Result<(PathBuf, PathBuf, PathBuf), String> {
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "batchgen",
-        "--package",
-        "batchgen-tests",
-        "--bin",
-        "batchgen",
-        "--bin",
-        "provider-server",
-        "--bin",
-        "make-parquet",
-    ]))?;
+    build_release(&["batchgen", "provider-server", "make-parquet"])?;
     let release = root().join("target/release");
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -462,19 +459,7 @@ fn bench_batch(args: Vec<String>) -> Result<(), String> {
 /// embedded model's tokens/s on 16 prompts at once, with and without a
 /// JSON schema, on the default model.
 fn bench_schema() -> Result<(), String> {
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "batchgen",
-        "--package",
-        "batchgen-tests",
-        "--bin",
-        "batchgen",
-        "--bin",
-        "bench-schema",
-    ]))?;
+    build_release(&["batchgen", "bench-schema"])?;
     fetch_model(&root().join("target/release/batchgen"), "smollm2-135m", None)?;
     run(Command::new(root().join("target/release/bench-schema")).current_dir(root()))
 }
@@ -482,19 +467,7 @@ fn bench_schema() -> Result<(), String> {
 /// Start-up benchmark: the library's own figures (`bench-instantiate`),
 /// then `batchgen models` as a whole process with an empty and a warm cache.
 fn bench_start() -> Result<(), String> {
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "batchgen",
-        "--package",
-        "batchgen-tests",
-        "--bin",
-        "batchgen",
-        "--bin",
-        "bench-instantiate",
-    ]))?;
+    build_release(&["batchgen", "bench-instantiate"])?;
     let release = root().join("target/release");
     run(&mut Command::new(release.join("bench-instantiate")))?;
     let cache = root().join("target/bench/start-cache");
@@ -526,19 +499,7 @@ const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
 /// uses (`GGML_NATIVE=OFF`), so that the engines, not the compilers' targets,
 /// are compared.
 fn bench_local(model: Option<String>) -> Result<(), String> {
-    run(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "batchgen",
-        "--package",
-        "batchgen-tests",
-        "--bin",
-        "batchgen",
-        "--bin",
-        "bench-local",
-    ]))?;
+    build_release(&["batchgen", "bench-local"])?;
     fetch_model(&root().join("target/release/batchgen"), "smollm2-135m", None)?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
