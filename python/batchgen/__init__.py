@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -53,6 +54,10 @@ _PARAMETERS = (
     "poll_interval",
     "batch_max_requests",
 )
+
+
+#: Seconds between two plain progress lines, as the CLI's default.
+_PLAIN_EVERY = float(os.environ.get("BATCHGEN_PROGRESS_EVERY", "5"))
 
 
 @dataclass(frozen=True)
@@ -101,14 +106,21 @@ def _wait(handle: Any, progress: bool, description: str) -> Summary:
     """Waits for a run with the GIL free, a progress bar when asked for, and
     Ctrl-C turned into a cancel: the run stops, its saved work stays."""
     bar = _progress_bar(description) if progress else None
+    # Without a bar (no tqdm, or nobody watching): the CLI's plain lines.
+    plain = progress and bar is None
+    last_line = time.monotonic()
     try:
         while not handle.wait(0.1):
+            rows, total, failed = handle.progress()
             if bar is not None:
-                rows, total, failed = handle.progress()
                 bar.total = total or None
                 bar.n = rows
                 bar.set_postfix(failed=failed, refresh=False)
                 bar.refresh()
+            elif plain and time.monotonic() - last_line >= _PLAIN_EVERY:
+                last_line = time.monotonic()
+                share = 100 * rows / total if total else 0
+                print(f"batchgen: {rows}/{total} rows ({share:.0f}%), {failed} failed", file=sys.stderr, flush=True)
         if bar is not None:
             rows, total, _ = handle.progress()
             bar.total, bar.n = total, rows
@@ -124,7 +136,7 @@ def _wait(handle: Any, progress: bool, description: str) -> Summary:
 
 def _progress_bar(description: str) -> Any:
     """A tqdm bar where tqdm is installed and someone watches (a terminal or
-    a notebook); else None, and the run is silent."""
+    a notebook); else None, and progress goes out as plain lines."""
     try:
         from tqdm.auto import tqdm
     except ImportError:

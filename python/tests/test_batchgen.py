@@ -193,3 +193,18 @@ def test_ctrl_c_stops_the_call_and_keeps_its_saved_work(server, tmp_path):
     finally:
         slow.kill()
         slow.wait()
+
+
+def test_without_a_terminal_progress_is_plain_lines_and_progress_false_silences_it(server, tmp_path):
+    script = textwrap.dedent(f"""
+        import pyarrow as pa, batchgen
+        data = pa.table({{"prompt": [f"row {{i}}" for i in range(40)]}})
+        batchgen.generate(data, generation_model="gpt-4o-mini", input_column="prompt", output_column="answer",
+                          batch_size=4, work_dir={str(tmp_path)!r}, progress=PROGRESS)
+    """)
+    env = dict(os.environ, BATCHGEN_PROGRESS_EVERY="0")
+    for progress, expect_lines in [(True, True), (False, False)]:
+        ran = subprocess.run([sys.executable, "-c", script.replace("PROGRESS", str(progress))],
+                             capture_output=True, text=True, env=env)
+        assert ran.returncode == 0, ran.stderr
+        assert ("rows (" in ran.stderr) == expect_lines, ran.stderr
