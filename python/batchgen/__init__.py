@@ -121,10 +121,13 @@ def _wait(handle: Any, progress: bool, description: str) -> Summary:
                 last_line = time.monotonic()
                 share = 100 * rows / total if total else 0
                 print(f"batchgen: {rows}/{total} rows ({share:.0f}%), {failed} failed", file=sys.stderr, flush=True)
+        rows, total, failed = handle.progress()
         if bar is not None:
-            rows, total, _ = handle.progress()
             bar.total, bar.n = total, rows
             bar.refresh()
+        elif plain:
+            # The last line always, however short the run.
+            print(f"batchgen: {rows}/{total} rows (100%), {failed} failed", file=sys.stderr, flush=True)
         return Summary._from_report(handle.result())
     except KeyboardInterrupt:
         handle.cancel()
