@@ -125,10 +125,12 @@ def _wait(handle: Any, progress: bool, description: str) -> Summary:
         if bar is not None:
             bar.total, bar.n = total, rows
             bar.refresh()
-        elif plain:
+        # A run that failed raises here, before any line claims it finished.
+        summary = Summary._from_report(handle.result())
+        if plain:
             # The last line always, however short the run.
             print(f"batchgen: {rows}/{total} rows (100%), {failed} failed", file=sys.stderr, flush=True)
-        return Summary._from_report(handle.result())
+        return summary
     except KeyboardInterrupt:
         handle.cancel()
         raise
@@ -231,7 +233,6 @@ def generate(
     Saved work lives in ``work_dir`` (default: batchgen's cache), one journal
     per set of parameters, so a call interrupted by Ctrl-C and made again
     generates only what is missing."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     params = _params(locals())
@@ -307,9 +308,12 @@ def _as_table(data: Any):
         return table, lambda added: appended(table, added).combine_chunks().to_batches(max_chunksize=max(1, data.num_rows))[0]
     if isinstance(data, pa.RecordBatchReader):
         table = data.read_all()
-        return table, lambda added: pa.RecordBatchReader.from_batches(
-            appended(table, added).schema, appended(table, added).to_batches()
-        )
+
+        def rebuild_reader(added):
+            whole = appended(table, added)
+            return pa.RecordBatchReader.from_batches(whole.schema, whole.to_batches())
+
+        return table, rebuild_reader
     if hasattr(data, "__arrow_c_stream__"):
         table = pa.table(data)
         return table, lambda added: appended(table, added)
