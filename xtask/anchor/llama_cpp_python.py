@@ -5,7 +5,7 @@ embedded engine.
 
     python llama_cpp_python.py JOB.json
 
-JOB.json, written by `bench-local`: {"model", "max_tokens", "threads"}.
+JOB.json, written by `bench-local`: {"model", "max_tokens", "threads", "no_repack"}.
 Loads the model, prints `ready`, then answers every line on stdin (a JSON
 list of prompts: a round) with one run over those prompts, as one JSON line:
 {"tokens": N, "seconds": S, "texts": [...], "peak_rss_kib": K}. The rounds
@@ -18,6 +18,8 @@ import resource
 import sys
 import time
 
+import llama_cpp
+import llama_cpp.llama_cpp
 from llama_cpp import Llama
 
 
@@ -25,6 +27,18 @@ def main(job_path: str) -> None:
     with open(job_path) as file:
         job = json.load(file)
     threads = job["threads"]
+    if job.get("no_repack"):
+        # As `llama-server --no-repack`: weights stay out of ggml's extra
+        # buffer types (AMX tiles, repacked layouts). Llama() takes no such
+        # argument, so the defaults it starts from are changed.
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def without_repack():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = without_repack
     llm = Llama(model_path=job["model"], n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     print("ready", flush=True)
     for line in sys.stdin:

@@ -8,7 +8,7 @@
 //! - `example`: set-up, then the main job on the bundled example dataset.
 //! - `bench`: the throughput benchmark (see `bench` below and the README).
 //! - `bench-stream`: a million Parquet rows through a run: memory stays flat.
-//! - `bench-local`: the embedded model's tokens/s at batch sizes 1, 8 and 32, beside llama.cpp's server and llama-cpp-python in the same run.
+//! - `bench-local [--portable] [MODEL]`: the embedded model's tokens/s at batch sizes 1, 8 and 32, beside llama.cpp's server and llama-cpp-python in the same run, all built for this CPU (or, with `--portable`, for the AVX2 baseline).
 //! - `bench-batch`: 200,000 Parquet rows through each provider's batch API
 //!   on the stand-in, beside a synchronous run of the same rows.
 //! - `bench-schema`: the embedded model's tokens/s with and without a JSON
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         "bench" => setup().and_then(|()| throughput::bench(std::env::args().skip(2).collect())),
         "bench-stream" => setup().and_then(|()| bench_stream(std::env::args().skip(2).collect())),
         "bench-start" => setup().and_then(|()| bench_start()),
-        "bench-local" => setup().and_then(|()| bench_local(std::env::args().nth(2))),
+        "bench-local" => setup().and_then(|()| bench_local(&std::env::args().skip(2).collect::<Vec<_>>())),
         "bench-batch" => setup().and_then(|()| bench_batch(std::env::args().skip(2).collect())),
         "bench-schema" => setup().and_then(|()| bench_schema()),
         "bench-python" => setup().and_then(|()| bench_python()),
@@ -495,17 +495,33 @@ const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
 /// Local-model benchmark: batchgen's embedded engine beside llama.cpp
 /// through llama-cpp-python and llama.cpp's own server, in one run
 /// (tests/src/bin/bench-local.rs). Both references are built here from
-/// source with the portable CPU flags batchgen's own build of llama.cpp
-/// uses (`GGML_NATIVE=OFF`), so that the engines, not the compilers' targets,
-/// are compared.
-fn bench_local(model: Option<String>) -> Result<(), String> {
-    build_release(&["batchgen", "bench-local"])?;
-    fetch_model(&root().join("target/release/batchgen"), "smollm2-135m", None)?;
+/// source, for the same CPU target as batchgen's own build of llama.cpp, so
+/// that the engines, not the compilers' targets, are compared: by default
+/// for this CPU, as batchgen's build and `pip install llama-cpp-python` both
+/// compile it; with `--portable`, everything for the x86-64 AVX2 baseline
+/// (`target-cpu=x86-64-v3`, `GGML_NATIVE=OFF`), which measures the AVX2-only
+/// machine class on any newer CPU.
+fn bench_local(args: &[String]) -> Result<(), String> {
+    let portable = args.iter().any(|a| a == "--portable");
+    let model = args.iter().find(|a| !a.starts_with("--"));
+    let (target, flavour) = if portable { ("target/portable", "-portable") } else { ("target", "") };
+    let mut build = cargo();
+    build.args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests"]);
+    build.args(["--bin", "batchgen", "--bin", "bench-local"]);
+    if portable {
+        // A target directory of its own: other flags rebuild every crate.
+        build.env("RUSTFLAGS", "-C target-cpu=x86-64-v3").env("CARGO_TARGET_DIR", root().join(target));
+    }
+    run(&mut build)?;
+    let release = root().join(target).join("release");
+    fetch_model(&release.join("batchgen"), "smollm2-135m", None)?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut command = Command::new(root().join("target/release/bench-local"));
+    let mut command = Command::new(release.join("bench-local"));
     command.current_dir(root()).args(model);
-    match python_with(&dir, "llama-venv", "llama_cpp", LLAMA_CPP_PYTHON, &[("CMAKE_ARGS", "-DGGML_NATIVE=OFF")]) {
+    let cmake_cpu = if portable { "-DGGML_NATIVE=OFF" } else { "-DGGML_NATIVE=ON" };
+    let venv = format!("llama-venv{flavour}");
+    match python_with(&dir, &venv, "llama_cpp", LLAMA_CPP_PYTHON, &[("CMAKE_ARGS", cmake_cpu)]) {
         Ok(python) => {
             command
                 .env("BENCH_LOCAL_PYTHON", python)
@@ -513,20 +529,34 @@ fn bench_local(model: Option<String>) -> Result<(), String> {
         }
         Err(reason) => println!("(no llama-cpp-python reference: {reason})"),
     }
-    match llama_server(&dir) {
+    match llama_server(&dir.join(format!("llama-server{flavour}")), cmake_cpu) {
         Ok(server) => {
             command.env("BENCH_LOCAL_SERVER", server);
         }
         Err(reason) => println!("(no llama.cpp server reference: {reason})"),
     }
+    if !portable && cpu_has("amx_int8") {
+        // A native llama.cpp puts weights in AMX tile buffers on CPUs with
+        // AMX, and that path crashed on this project's Sapphire Rapids VM
+        // (docs/local-model.md): the references run without those buffers,
+        // as batchgen's engine does.
+        command.env("BENCH_LOCAL_NO_REPACK", "1");
+    }
+    command.env("BENCH_LOCAL_CPU", if portable { "x86-64-v3 (AVX2), portable" } else { "native" });
     run(&mut command)
 }
 
-/// llama.cpp's `llama-server`, built once under `dir` from the source
-/// distribution of [`LLAMA_CPP_PYTHON`] (PyPI is reachable where GitHub may
-/// not be).
-fn llama_server(dir: &Path) -> Result<PathBuf, String> {
-    let build = dir.join("llama-server-build");
+/// Whether /proc/cpuinfo lists `flag` for this CPU.
+fn cpu_has(flag: &str) -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines().filter(|line| line.starts_with("flags")).any(|line| line.split_whitespace().any(|f| f == flag))
+}
+
+/// llama.cpp's `llama-server`, built once in `build` (with `cpu`, its
+/// GGML_NATIVE setting) from the source distribution of
+/// [`LLAMA_CPP_PYTHON`] (PyPI is reachable where GitHub may not be).
+fn llama_server(build: &Path, cpu: &str) -> Result<PathBuf, String> {
+    let dir = build.parent().ok_or("no parent directory")?;
     let binary = build.join("bin/llama-server");
     if binary.is_file() {
         return Ok(binary);
@@ -540,9 +570,9 @@ fn llama_server(dir: &Path) -> Result<PathBuf, String> {
     let archive = sdist.join(format!("llama_cpp_python-{version}.tar.gz"));
     run(Command::new("tar").arg("xzf").arg(&archive).arg("-C").arg(&sdist))?;
     let source = sdist.join(format!("llama_cpp_python-{version}/vendor/llama.cpp"));
-    run(Command::new("cmake").arg("-S").arg(&source).arg("-B").arg(&build).args([
+    run(Command::new("cmake").arg("-S").arg(&source).arg("-B").arg(build).args([
         "-DCMAKE_BUILD_TYPE=Release",
-        "-DGGML_NATIVE=OFF",
+        cpu,
         "-DBUILD_SHARED_LIBS=OFF",
         "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
@@ -551,7 +581,7 @@ fn llama_server(dir: &Path) -> Result<PathBuf, String> {
         "-DLLAMA_BUILD_SERVER=ON",
     ]))?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
-    run(Command::new("cmake").arg("--build").arg(&build).args(["--target", "llama-server", "-j", &jobs]))?;
+    run(Command::new("cmake").arg("--build").arg(build).args(["--target", "llama-server", "-j", &jobs]))?;
     Ok(binary)
 }
 

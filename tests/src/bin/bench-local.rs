@@ -49,7 +49,6 @@ const TOPICS: [&str; 16] = [
     "the invention of the printing press",
 ];
 const MAX_TOKENS: u32 = 64;
-const SIZES: [usize; 3] = [1, 8, 32];
 const ROUNDS: usize = 5;
 
 /// The prompts of one round: new ones each round, as rows of a job are, so
@@ -88,12 +87,16 @@ fn main() {
     });
     let server = std::env::var_os("BENCH_LOCAL_SERVER").map(|binary| Server::start(Path::new(&binary), &path, threads));
 
-    let mut ours: Vec<Vec<Run>> = SIZES.iter().map(|_| Vec::new()).collect();
+    // BENCH_LOCAL_SIZES (say `32`) narrows a run to some sizes, e.g. for a profiler.
+    let sizes: Vec<usize> = std::env::var("BENCH_LOCAL_SIZES")
+        .map(|list| list.split(',').map(|n| n.trim().parse().expect("BENCH_LOCAL_SIZES: sizes like 1,8,32")).collect())
+        .unwrap_or_else(|_| vec![1, 8, 32]);
+    let mut ours: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
     let mut theirs_one: Vec<Run> = Vec::new();
-    let mut theirs_server: Vec<Vec<Run>> = SIZES.iter().map(|_| Vec::new()).collect();
+    let mut theirs_server: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {
         let prompts = prompts(round);
-        for (i, &size) in SIZES.iter().enumerate() {
+        for (i, &size) in sizes.iter().enumerate() {
             ours[i].push(batchgen_run(&model, &prompts, size));
             if let Some(server) = &server {
                 theirs_server[i].push(server.run(&prompts, size));
@@ -105,18 +108,20 @@ fn main() {
         eprintln!("bench-local: round {} of {ROUNDS} done", round + 1);
     }
 
+    let cpu = std::env::var("BENCH_LOCAL_CPU").unwrap_or_else(|_| "as built".into());
+    let repack = if no_repack() { ", references without repacked weights" } else { "" };
     println!(
-        "\n32 prompts per round, greedy, at most {MAX_TOKENS} new tokens each, {threads} threads; output tokens/s, median of {ROUNDS} rounds (range); texts compared in the first round"
+        "\n32 prompts per round, greedy, at most {MAX_TOKENS} new tokens each, {threads} threads, {cpu} build{repack}; output tokens/s, median of {ROUNDS} rounds (range); texts compared in the first round"
     );
     let reference_texts = &ours[0][0].texts;
-    for (i, &size) in SIZES.iter().enumerate() {
+    for (i, &size) in sizes.iter().enumerate() {
         report(&format!("batchgen embedded, batch size {size}"), &ours[i], reference_texts);
     }
     if !theirs_one.is_empty() {
         report("llama.cpp via llama-cpp-python, one at a time", &theirs_one, reference_texts);
     }
     if server.is_some() {
-        for (i, &size) in SIZES.iter().enumerate() {
+        for (i, &size) in sizes.iter().enumerate() {
             report(&format!("llama.cpp server, 32 slots, {size} clients"), &theirs_server[i], reference_texts);
         }
     }
@@ -187,7 +192,9 @@ struct Reference {
 impl Reference {
     fn start(python: &Path, script: &Path, model: &Path, threads: usize) -> Reference {
         let job = std::env::temp_dir().join(format!("bench-local-{}.json", std::process::id()));
-        let text = serde_json::json!({"model": model, "max_tokens": MAX_TOKENS, "threads": threads});
+        let text = serde_json::json!({
+            "model": model, "max_tokens": MAX_TOKENS, "threads": threads, "no_repack": no_repack(),
+        });
         std::fs::write(&job, text.to_string()).expect("the reference's job is written");
         let mut child = Command::new(python)
             .arg(script)
@@ -239,6 +246,7 @@ impl Server {
             .args(["--port", &port.to_string(), "--threads", &threads, "--threads-batch", &threads])
             // 32 slots of 256 tokens each, enough for a prompt and its answer.
             .args(["--parallel", "32", "--ctx-size", "8192", "--cont-batching", "--no-webui"])
+            .args(no_repack().then_some("--no-repack"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -275,8 +283,15 @@ impl Server {
                             let reply = self.post("/v1/chat/completions", &body.to_string());
                             let value: serde_json::Value =
                                 serde_json::from_str(&reply).expect("llama-server answers JSON");
-                            let tokens =
-                                value["usage"]["completion_tokens"].as_u64().expect("llama-server reports usage");
+                            // llama-server counts the end token among the completion
+                            // tokens of an answer that stopped; batchgen, like the
+                            // providers, does not: counted alike, equal texts have
+                            // equal counts.
+                            let stopped = value["choices"][0]["finish_reason"] == "stop";
+                            let tokens = value["usage"]["completion_tokens"]
+                                .as_u64()
+                                .expect("llama-server reports usage")
+                                .saturating_sub(u64::from(stopped));
                             let text = value["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string();
                             mine.push((i, tokens, text));
                         }
@@ -321,6 +336,13 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the references run without llama.cpp's repacked weight buffers
+/// (`BENCH_LOCAL_NO_REPACK`, set by xtask where a native build's AMX path
+/// would take them and crash).
+fn no_repack() -> bool {
+    std::env::var_os("BENCH_LOCAL_NO_REPACK").is_some()
 }
 
 /// A line of /proc/PID/status (Linux; this process without a PID), such as

@@ -128,7 +128,20 @@ fn alone_equals_batched(path: &std::path::Path) {
     let _turn = take_turn();
     let model = EmbeddedModel::load(path, 3).unwrap();
     for temperature in [0.0, 0.8] {
-        let requests: Vec<LocalRequest> = ["Name a colour.", "Write two sentences about the sea and the wind.", "Hi"]
+        // Nine rows: llama.cpp takes other matrix-product kernels for passes
+        // of 8 rows and more (its tiled K-quant path) than for one.
+        let prompts = [
+            "Name a colour.",
+            "Write two sentences about the sea and the wind.",
+            "Hi",
+            "List three fruits.",
+            "What is two plus two?",
+            "Describe a cat in one line.",
+            "Say hello in French.",
+            "Name a planet.",
+            "Give a word that rhymes with moon.",
+        ];
+        let requests: Vec<LocalRequest> = prompts
             .iter()
             .map(|prompt| LocalRequest {
                 model: None,

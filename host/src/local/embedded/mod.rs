@@ -347,27 +347,28 @@ impl EmbeddedModel {
         let Cached { context, held, dirty, .. } = cached;
         let vocab = model.vocab();
         let mut batch = LlamaBatch::new(pass_tokens, slots as i32);
+        // Free places, the lowest last: a waiting prompt takes the lowest.
         let mut free: Vec<i32> = (0..slots as i32).rev().collect();
+        // Running sequences, in the order of their places.
         let mut running: Vec<Sequence> = Vec::with_capacity(slots);
         let mut waiting = prompts.iter().peekable();
         loop {
             // Waiting prompts join this pass while a place and room are left;
             // what their place holds of the shared prefix is not decoded again.
+            let mut pass = running.iter().map(|s| s.feed.len()).sum::<usize>();
             while let (Some(prompt), Some(&seq)) = (waiting.peek(), free.last()) {
                 let start = held[seq as usize];
-                if batch.n_tokens() as usize + prompt.ids.len() - start > pass_tokens {
+                if pass + prompt.ids.len() - start > pass_tokens {
                     break;
                 }
-                let last = prompt.ids.len() - 1;
-                for (position, &token) in prompt.ids.iter().enumerate().skip(start) {
-                    batch.add(token, position as i32, &[seq], position == last).map_err(|e| e.to_string())?;
-                }
+                pass += prompt.ids.len() - start;
                 let request = &requests[prompt.index];
                 running.push(Sequence {
                     index: prompt.index,
                     seq,
-                    position: prompt.ids.len() as i32,
-                    logits: batch.n_tokens() - 1,
+                    position: start as i32,
+                    feed: prompt.ids[start..].to_vec(),
+                    logits: 0,
                     prompt_tokens: prompt.ids.len() as u32,
                     generated: Vec::new(),
                     sampler: sampler(request, row_seed(self.seed, request), prompt.constraint.take()),
@@ -383,8 +384,22 @@ impl EmbeddedModel {
             if stop() {
                 return Ok(());
             }
-            context.decode(&mut batch).map_err(|e| format!("local model: {e}"))?;
+            // The pass lists its sequences by place: llama.cpp decodes
+            // sequences with caches of their own in one go only while their
+            // ids follow one another (`split_equal`, sequential), and
+            // splits the pass wherever they do not.
+            running.sort_unstable_by_key(|sequence| sequence.seq);
             batch.clear();
+            for sequence in &mut running {
+                let last = sequence.feed.len() - 1;
+                for (offset, &token) in sequence.feed.iter().enumerate() {
+                    let position = sequence.position + offset as i32;
+                    batch.add(token, position, &[sequence.seq], offset == last).map_err(|e| e.to_string())?;
+                }
+                sequence.position += sequence.feed.len() as i32;
+                sequence.logits = batch.n_tokens() - 1;
+            }
+            context.decode(&mut batch).map_err(|e| format!("local model: {e}"))?;
             let mut still = Vec::with_capacity(running.len());
             for mut sequence in running.drain(..) {
                 let token = sequence.sampler.sample(context, sequence.logits);
@@ -397,9 +412,7 @@ impl EmbeddedModel {
                 };
                 match finish {
                     None => {
-                        batch.add(token, sequence.position, &[sequence.seq], true).map_err(|e| e.to_string())?;
-                        sequence.position += 1;
-                        sequence.logits = batch.n_tokens() - 1;
+                        sequence.feed = vec![token];
                         still.push(sequence);
                     }
                     Some(reason) => {
@@ -419,6 +432,33 @@ impl EmbeddedModel {
                 }
             }
             running = still;
+            free.sort_unstable_by(|a, b| b.cmp(a));
+            // With no prompt left to fill the places that ended, the last
+            // running sequences move down into them, so that the running ones
+            // stay on consecutive places and every pass stays one
+            // computation: a pass split at N gaps computes every weight N+1
+            // times for the same tokens. A move copies the sequence's cache
+            // whole (a few MB, no computation), so its text is unchanged.
+            if waiting.peek().is_none() && self.prefix_sharing {
+                while let (Some(&low), Some(high)) = (free.last(), running.last()) {
+                    if low > high.seq {
+                        break;
+                    }
+                    let from = high.seq;
+                    context.copy_kv_cache_seq(from, low, None, None).map_err(|e| e.to_string())?;
+                    // The new place holds the whole prompt, prefix included;
+                    // the old one keeps the prefix, as a place that ended does.
+                    held[low as usize] = shared.len();
+                    held[from as usize] = trim(context, from, shared.len())?;
+                    free.pop();
+                    free.push(from);
+                    free.sort_unstable_by(|a, b| b.cmp(a));
+                    let mut moved = running.pop().expect("a running sequence");
+                    moved.seq = low;
+                    let at = running.partition_point(|sequence| sequence.seq < low);
+                    running.insert(at, moved);
+                }
+            }
         }
     }
 }
@@ -508,8 +548,11 @@ struct Sequence {
     index: usize,
     /// Its sequence id in the context: its place.
     seq: i32,
-    /// Where its next token goes.
+    /// Where the first token of `feed` goes.
     position: i32,
+    /// What the next pass decodes for it: its prompt (after what its place
+    /// holds of the shared prefix), then each sampled token.
+    feed: Vec<LlamaToken>,
     /// Its logits' index in the pass just decoded.
     logits: i32,
     prompt_tokens: u32,
