@@ -169,6 +169,8 @@ impl RunArgs {
 /// Exit status: 0 all rows generated, 1 a run finished with failed rows,
 /// 2 nothing was generated (bad input, config or environment).
 fn main() -> ExitCode {
+    // While the process has one thread: see the function.
+    batchgen::local::embedded::prepare_environment();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BATCHGEN_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -250,6 +250,8 @@ fn check_config(py: Python<'_>, params: &str) -> PyResult<Vec<(String, String)>>
 
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    // At import, before any run starts a thread of ours.
+    batchgen::local::embedded::prepare_environment();
     module.add_function(wrap_pyfunction!(start, module)?)?;
     module.add_function(wrap_pyfunction!(models, module)?)?;
     module.add_function(wrap_pyfunction!(check_config, module)?)?;

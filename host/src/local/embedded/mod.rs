@@ -67,12 +67,36 @@ pub enum EmbeddedError {
     },
 }
 
+/// The environment switch that turns off llama.cpp's tiled K-quant matrix
+/// product (ggml-cpu/tiled), which takes passes of 8 rows and more while
+/// fewer go through the dot-product kernel: the two round differently, and
+/// Gemma 3's Q4_K_M file wrote "admin" instead of "user" in a batch of 9
+/// (tests/tests/all/local_model.rs). ggml reads it once, at its first
+/// matrix product, and the build has no option for it.
+const TILED_SWITCH: &str = "GGML_CPU_TILED_MM";
+
+/// Sets what llama.cpp reads from the environment for batch-independent
+/// texts, unless the user set it. Call it while the process has one thread
+/// (first thing in `main`), where changing the environment is sound;
+/// [`EmbeddedModel::load`] calls it too, for embedders that did not.
+pub fn prepare_environment() {
+    if std::env::var_os(TILED_SWITCH).is_none() {
+        // SAFETY: called first thing in batchgen's `main`, before any other
+        // thread exists. From `backend()` (an embedder that did not call it)
+        // it runs once, before llama.cpp is first used; Rust's own
+        // environment access is locked against it, and batchgen starts no C
+        // code that reads the environment on other threads.
+        unsafe { std::env::set_var(TILED_SWITCH, "0") };
+    }
+}
+
 /// llama.cpp's process-wide state, started once: it may not be started
 /// again while it lives, and it lives as long as the process.
 fn backend() -> Result<&'static LlamaBackend, String> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            prepare_environment();
             let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
             // llama.cpp logs every load and pass to stderr; batchgen's log is
             // its own.
