@@ -223,12 +223,18 @@ fn node_example() -> Result<(), String> {
 /// `cargo build --release` of the workspace's `bins` (from the batchgen
 /// and batchgen-tests packages), as the benchmarks run them.
 fn build_release(bins: &[&str]) -> Result<(), String> {
+    run(&mut release_build(bins))
+}
+
+/// The command [`build_release`] runs, for callers that set its
+/// environment.
+fn release_build(bins: &[&str]) -> Command {
     let mut command = cargo();
     command.args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests"]);
     for bin in bins {
         command.args(["--bin", bin]);
     }
-    run(&mut command)
+    command
 }
 
 /// A virtual environment at `venv` with `packages` (pip's arguments, run
@@ -505,9 +511,7 @@ fn bench_local(args: &[String]) -> Result<(), String> {
     let portable = args.iter().any(|a| a == "--portable");
     let model = args.iter().find(|a| !a.starts_with("--"));
     let (target, flavour) = if portable { ("target/portable", "-portable") } else { ("target", "") };
-    let mut build = cargo();
-    build.args(["build", "--locked", "--release", "--package", "batchgen", "--package", "batchgen-tests"]);
-    build.args(["--bin", "batchgen", "--bin", "bench-local"]);
+    let mut build = release_build(&["batchgen", "bench-local"]);
     if portable {
         // A target directory of its own: other flags rebuild every crate.
         build.env("RUSTFLAGS", "-C target-cpu=x86-64-v3").env("CARGO_TARGET_DIR", root().join(target));
