@@ -611,8 +611,12 @@ fn python_with(
     if !made.is_ok_and(|s| s.success()) {
         return Err("python3 -m venv failed".into());
     }
-    let installed =
-        Command::new(&python).args(["-m", "pip", "install", "--quiet", requirement]).envs(env.iter().copied()).status();
+    // No wheel cache: pip keys a built wheel by its source alone, so a
+    // portable venv would get the native build's wheel (`env` differs).
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--no-cache-dir", requirement])
+        .envs(env.iter().copied())
+        .status();
     if !installed.is_ok_and(|s| s.success()) || !ready(&python) {
         return Err(format!("pip install {requirement} failed"));
     }

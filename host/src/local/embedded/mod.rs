@@ -386,6 +386,9 @@ impl EmbeddedModel {
                     break;
                 }
                 pass += prompt.ids.len() - start;
+                // Once this pass is decoded the place holds the whole prefix
+                // (a failed pass leaves the cache dirty and cleared next call).
+                held[seq as usize] = held[seq as usize].max(shared.len());
                 let request = &requests[prompt.index];
                 running.push(Sequence {
                     index: prompt.index,
@@ -505,7 +508,10 @@ impl Cached<'_> {
             self.held[seq] = if keep < self.held[seq] { trim(&mut self.context, seq as i32, keep)? } else { keep };
         }
         self.prefix = prefix.to_vec();
-        if prefix.is_empty() || self.held.iter().all(|&held| held == prefix.len()) {
+        // Decoding the prefix once and copying it pays only where two or
+        // more places lack it; a lone place (a one-row call) decodes what it
+        // lacks with its prompt, in the same pass, not in a pass of its own.
+        if self.held.iter().filter(|&&held| held < prefix.len()).count() < 2 {
             return Ok(());
         }
         let start = self.held[0];
