@@ -7,9 +7,11 @@
 //! - llama.cpp through llama-cpp-python, one prompt after another
 //!   (`BENCH_LOCAL_PYTHON`: a Python with `llama_cpp`; `BENCH_LOCAL_SCRIPT`:
 //!   xtask/anchor/llama_cpp_python.py);
-//! - llama.cpp's own server with 32 slots and continuous batching
-//!   (`BENCH_LOCAL_SERVER`: a `llama-server` binary), sent the prompts by 1,
-//!   8 and 32 clients at once: the batch size matched.
+//! - llama.cpp's own server with continuous batching (`BENCH_LOCAL_SERVER`:
+//!   a `llama-server` binary), one per batch size N with N slots, sent the
+//!   prompts by N clients at once: the batch size matched. (With more slots
+//!   than clients the server spreads requests over its slots, and the gaps
+//!   between them split its passes: a handicap, not a setting users pick.)
 //!
 //! Rounds interleave every engine and size, and the figures are medians:
 //! the machine's speed drifts over minutes, and runs seconds apart share its
@@ -69,6 +71,13 @@ struct Run {
     texts: Vec<String>,
 }
 
+impl Run {
+    /// Output tokens per second.
+    fn rate(&self) -> f64 {
+        self.tokens as f64 / self.seconds
+    }
+}
+
 fn main() {
     let cache = batchgen::plugin::cache::default_dir();
     let path = match std::env::args().nth(1) {
@@ -85,12 +94,14 @@ fn main() {
         let script = std::env::var_os("BENCH_LOCAL_SCRIPT").expect("BENCH_LOCAL_SCRIPT names the reference script");
         Reference::start(Path::new(&python), Path::new(&script), &path, threads)
     });
-    let server = std::env::var_os("BENCH_LOCAL_SERVER").map(|binary| Server::start(Path::new(&binary), &path, threads));
-
     // BENCH_LOCAL_SIZES (say `32`) narrows a run to some sizes, e.g. for a profiler.
     let sizes: Vec<usize> = std::env::var("BENCH_LOCAL_SIZES")
         .map(|list| list.split(',').map(|n| n.trim().parse().expect("BENCH_LOCAL_SIZES: sizes like 1,8,32")).collect())
         .unwrap_or_else(|_| vec![1, 8, 32]);
+    // One server per size; idle, they wait without using the CPU.
+    let servers: Vec<Server> = std::env::var_os("BENCH_LOCAL_SERVER")
+        .map(|binary| sizes.iter().map(|&size| Server::start(Path::new(&binary), &path, threads, size)).collect())
+        .unwrap_or_default();
     let mut ours: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
     let mut theirs_one: Vec<Run> = Vec::new();
     let mut theirs_server: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
@@ -98,7 +109,7 @@ fn main() {
         let prompts = prompts(round);
         for (i, &size) in sizes.iter().enumerate() {
             ours[i].push(batchgen_run(&model, &prompts, size));
-            if let Some(server) = &server {
+            if let Some(server) = servers.get(i) {
                 theirs_server[i].push(server.run(&prompts, size));
             }
         }
@@ -120,9 +131,23 @@ fn main() {
     if !theirs_one.is_empty() {
         report("llama.cpp via llama-cpp-python, one at a time", &theirs_one, reference_texts);
     }
-    if server.is_some() {
+    if !servers.is_empty() {
         for (i, &size) in sizes.iter().enumerate() {
-            report(&format!("llama.cpp server, 32 slots, {size} clients"), &theirs_server[i], reference_texts);
+            report(&format!("llama.cpp server, {size} slots, {size} clients"), &theirs_server[i], reference_texts);
+        }
+        // Each round runs batchgen and the server back to back, so the ratio
+        // within a round leaves out the drift between rounds.
+        println!("\nbatchgen ÷ server, round by round: median (range)");
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut ratios: Vec<f64> =
+                ours[i].iter().zip(&theirs_server[i]).map(|(a, b)| a.rate() / b.rate()).collect();
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "  batch size {size:<3} {:.3}  ({:.3}–{:.3})",
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
         }
     }
     println!("\npeak resident memory (KiB)");
@@ -130,13 +155,13 @@ fn main() {
     if let Some(python) = python.as_mut() {
         println!("  llama-cpp-python             {}", python.peak_rss_kib);
     }
-    if let Some(server) = &server {
-        println!("  llama.cpp server             {}", memory(Some(server.child.id()), "VmHWM"));
+    for (server, size) in servers.iter().zip(&sizes) {
+        println!("  llama.cpp server, {size:>2} slots    {}", memory(Some(server.child.id()), "VmHWM"));
     }
 }
 
 fn report(label: &str, runs: &[Run], reference_texts: &[String]) {
-    let mut rates: Vec<f64> = runs.iter().map(|r| r.tokens as f64 / r.seconds).collect();
+    let mut rates: Vec<f64> = runs.iter().map(Run::rate).collect();
     rates.sort_by(f64::total_cmp);
     let same = runs[0].texts.iter().zip(reference_texts).filter(|(a, b)| a.trim() == b.trim()).count();
     println!(
@@ -230,22 +255,23 @@ impl Reference {
     }
 }
 
-/// llama.cpp's server with 32 slots on a free local port.
+/// llama.cpp's server with `slots` slots on a free local port.
 struct Server {
     child: Child,
     port: u16,
 }
 
 impl Server {
-    fn start(binary: &Path, model: &Path, threads: usize) -> Server {
+    fn start(binary: &Path, model: &Path, threads: usize, slots: usize) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let threads = threads.to_string();
         let child = Command::new(binary)
             .arg("--model")
             .arg(model)
             .args(["--port", &port.to_string(), "--threads", &threads, "--threads-batch", &threads])
-            // 32 slots of 256 tokens each, enough for a prompt and its answer.
-            .args(["--parallel", "32", "--ctx-size", "8192", "--cont-batching", "--no-webui"])
+            // Slots of 256 tokens each, enough for a prompt and its answer.
+            .args(["--parallel", &slots.to_string(), "--ctx-size", &(256 * slots).to_string()])
+            .args(["--cont-batching", "--no-webui"])
             .args(no_repack().then_some("--no-repack"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
