@@ -605,6 +605,9 @@ fn default_system_prompt(template: &str) -> Option<String> {
 
 /// Greedy at temperature 0, else top-p then temperature sampling, seeded;
 /// after `constraint` (a schema's), which masks what may not come next.
+/// Always a chain, even of one: llama.cpp lays out a token's candidates (the
+/// whole vocabulary) in a buffer a chain keeps, and allocates and clears a
+/// new one for every token of a lone sampler. (No timings: nobody reads them.)
 fn sampler(request: &LocalRequest, seed: u64, constraint: Option<LlamaSampler>) -> LlamaSampler {
     let choose = if request.temperature <= 0.0 {
         vec![LlamaSampler::greedy()]
@@ -615,11 +618,7 @@ fn sampler(request: &LocalRequest, seed: u64, constraint: Option<LlamaSampler>) 
             LlamaSampler::dist(seed as u32),
         ]
     };
-    match constraint {
-        None if choose.len() == 1 => choose.into_iter().next().expect("one sampler"),
-        None => LlamaSampler::chain_simple(choose),
-        Some(constraint) => LlamaSampler::chain_simple(std::iter::once(constraint).chain(choose)),
-    }
+    LlamaSampler::chain(constraint.into_iter().chain(choose), true)
 }
 
 fn row_seed(seed: u64, request: &LocalRequest) -> u64 {
