@@ -139,15 +139,9 @@ fn main() {
         // within a round leaves out the drift between rounds.
         println!("\nbatchgen ÷ server, round by round: median (range)");
         for (i, &size) in sizes.iter().enumerate() {
-            let mut ratios: Vec<f64> =
-                ours[i].iter().zip(&theirs_server[i]).map(|(a, b)| a.rate() / b.rate()).collect();
-            ratios.sort_by(f64::total_cmp);
-            println!(
-                "  batch size {size:<3} {:.3}  ({:.3}–{:.3})",
-                ratios[ratios.len() / 2],
-                ratios[0],
-                ratios[ratios.len() - 1]
-            );
+            let (median, low, high) =
+                spread(ours[i].iter().zip(&theirs_server[i]).map(|(a, b)| a.rate() / b.rate()).collect());
+            println!("  batch size {size:<3} {median:.3}  ({low:.3}–{high:.3})");
         }
     }
     println!("\npeak resident memory (KiB)");
@@ -161,17 +155,19 @@ fn main() {
 }
 
 fn report(label: &str, runs: &[Run], reference_texts: &[String]) {
-    let mut rates: Vec<f64> = runs.iter().map(Run::rate).collect();
-    rates.sort_by(f64::total_cmp);
+    let (median, low, high) = spread(runs.iter().map(Run::rate).collect());
     let same = runs[0].texts.iter().zip(reference_texts).filter(|(a, b)| a.trim() == b.trim()).count();
     println!(
-        "  {label:<48} {:>7.1}  ({:.1}–{:.1})  {} tokens, {same}/{} texts equal batchgen's",
-        rates[rates.len() / 2],
-        rates[0],
-        rates[rates.len() - 1],
+        "  {label:<48} {median:>7.1}  ({low:.1}–{high:.1})  {} tokens, {same}/{} texts equal batchgen's",
         runs[0].tokens,
         reference_texts.len()
     );
+}
+
+/// The median of `values`, and their lowest and highest.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[values.len() / 2], values[0], values[values.len() - 1])
 }
 
 fn requests(prompts: &[String]) -> Vec<LocalRequest> {
