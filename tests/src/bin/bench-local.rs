@@ -51,6 +51,8 @@ const TOPICS: [&str; 16] = [
     "the invention of the printing press",
 ];
 const MAX_TOKENS: u32 = 64;
+/// Rounds by default; `BENCH_LOCAL_ROUNDS` sets more, for a narrower
+/// median of a small difference.
 const ROUNDS: usize = 5;
 
 /// The prompts of one round: new ones each round, as rows of a job are, so
@@ -105,24 +107,37 @@ fn main() {
     let mut ours: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
     let mut theirs_one: Vec<Run> = Vec::new();
     let mut theirs_server: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
+    let rounds: usize = std::env::var("BENCH_LOCAL_ROUNDS")
+        .map(|n| n.trim().parse().expect("BENCH_LOCAL_ROUNDS: a number of rounds"))
+        .unwrap_or(ROUNDS);
+    for round in 0..rounds {
         let prompts = prompts(round);
         for (i, &size) in sizes.iter().enumerate() {
+            // Who goes first alternates between rounds, so that neither
+            // engine always runs in the other's wake.
+            let server = servers.get(i);
+            if round % 2 == 1
+                && let Some(server) = server
+            {
+                theirs_server[i].push(server.run(&prompts, size));
+            }
             ours[i].push(batchgen_run(&model, &prompts, size));
-            if let Some(server) = servers.get(i) {
+            if round % 2 == 0
+                && let Some(server) = server
+            {
                 theirs_server[i].push(server.run(&prompts, size));
             }
         }
         if let Some(python) = python.as_mut() {
             theirs_one.push(python.run(&prompts));
         }
-        eprintln!("bench-local: round {} of {ROUNDS} done", round + 1);
+        eprintln!("bench-local: round {} of {rounds} done", round + 1);
     }
 
     let cpu = std::env::var("BENCH_LOCAL_CPU").unwrap_or_else(|_| "as built".into());
     let repack = if no_repack() { ", references without repacked weights" } else { "" };
     println!(
-        "\n32 prompts per round, greedy, at most {MAX_TOKENS} new tokens each, {threads} threads, {cpu} build{repack}; output tokens/s, median of {ROUNDS} rounds (range); texts compared in the first round"
+        "\n32 prompts per round, greedy, at most {MAX_TOKENS} new tokens each, {threads} threads, {cpu} build{repack}; output tokens/s, median of {rounds} rounds (range); texts compared in the first round"
     );
     let reference_texts = &ours[0][0].texts;
     for (i, &size) in sizes.iter().enumerate() {
