@@ -55,15 +55,17 @@ const MAX_TOKENS: u32 = 64;
 /// median of a small difference.
 const ROUNDS: usize = 5;
 
-/// The prompts of one round: new ones each round, as rows of a job are, so
-/// that no engine answers a round from a cache of the prompts it saw in the
-/// last (llama.cpp's server keeps each slot's last prompt and reuses what a
-/// new prompt shares with it). What every prompt of a job shares, the chat
-/// template and system prompt, may be reused by both.
+/// The prompts of one round: each new from its first word, as the rows of a
+/// job are, so that no engine answers from a cache of the prompts it saw
+/// before. What every prompt of a job shares, the chat template and system
+/// prompt, both may reuse. The row number goes first: with the topic first
+/// and a variant number last, as here before, prompt 17 began as prompt 1
+/// did, and llama.cpp's server, which keeps past prompts' caches in RAM
+/// (`--cache-ram`) and starts from the one that shares the most, decoded 30%
+/// fewer prompt tokens than batchgen, which keeps the last prompt's: a
+/// repetition of the bench, not of a job (docs/benchmarks.md).
 fn prompts(round: usize) -> Vec<String> {
-    (0..32)
-        .map(|i| format!("Write two sentences about {} (variant {}).", TOPICS[i % 16], round * 2 + i / 16 + 1))
-        .collect()
+    (0..32).map(|i| format!("Row {}: write two sentences about {}.", round * 32 + i + 1, TOPICS[i % 16])).collect()
 }
 
 /// One timed run: output tokens, seconds, and the texts in prompt order.
