@@ -117,17 +117,18 @@ fn main() {
         for (i, &size) in sizes.iter().enumerate() {
             // Who goes first alternates between rounds, so that neither
             // engine always runs in the other's wake.
-            let server = servers.get(i);
-            if round % 2 == 1
-                && let Some(server) = server
-            {
-                theirs_server[i].push(server.run(&prompts, size));
+            let server_first = round % 2 == 1;
+            let server_run = |theirs: &mut Vec<Run>| {
+                if let Some(server) = servers.get(i) {
+                    theirs.push(server.run(&prompts, size));
+                }
+            };
+            if server_first {
+                server_run(&mut theirs_server[i]);
             }
             ours[i].push(batchgen_run(&model, &prompts, size));
-            if round % 2 == 0
-                && let Some(server) = server
-            {
-                theirs_server[i].push(server.run(&prompts, size));
+            if !server_first {
+                server_run(&mut theirs_server[i]);
             }
         }
         if let Some(python) = python.as_mut() {
