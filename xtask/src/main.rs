@@ -136,6 +136,7 @@ fn wasm_target() -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
+    warn_if_disk_short();
     style()?;
     // The integration tests drive the real binary: build it first, with
     // every target, so that its dependencies get the same features (the
@@ -152,6 +153,38 @@ fn test() -> Result<(), String> {
     run(cargo().args(["test", "--locked", "--manifest-path", "guest/Cargo.toml"]))?;
     node_example()?;
     python_tests()
+}
+
+/// What a test run from a clean clone leaves in `target/` (measured on
+/// 2026-12-07: the workspace's debug build, the guest and hostile
+/// components, the Python module's own build, the venv and the models),
+/// with room to spare.
+const TEST_DISK_BYTES: u64 = TEST_DISK_GB << 30;
+const TEST_DISK_GB: u64 = 8;
+
+/// Says so up front when the disk under `target/` has less room than a test
+/// run takes: a linker that runs out of disk dies of SIGBUS ("ld terminated
+/// with signal 7 [Bus error]") twenty minutes in, which names neither cause
+/// nor cure. A warning, not an error: a warm target needs far less.
+fn warn_if_disk_short() {
+    let target = root().join("target");
+    let dir = if target.is_dir() { target } else { root() };
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return };
+    // SAFETY: statvfs is plain data, zeroed is a valid value; the call fills
+    // it from a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return;
+    }
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    if free < TEST_DISK_BYTES {
+        eprintln!(
+            "xtask: warning: {:.1} GB free under {}; a test run from a clean clone needs about {TEST_DISK_GB} GB \
+             (a linker that runs out of disk fails with \"Bus error\")",
+            free as f64 / (1u64 << 30) as f64,
+            dir.display()
+        );
+    }
 }
 
 /// The Python package (`python/`): built into a virtual environment of its
