@@ -110,7 +110,7 @@ fn main() {
     let mut theirs_one: Vec<Run> = Vec::new();
     let mut theirs_server: Vec<Vec<Run>> = sizes.iter().map(|_| Vec::new()).collect();
     let rounds: usize = std::env::var("BENCH_LOCAL_ROUNDS")
-        .map(|n| n.trim().parse().expect("BENCH_LOCAL_ROUNDS: a number of rounds"))
+        .map(|n| n.trim().parse().ok().filter(|&n| n > 0).expect("BENCH_LOCAL_ROUNDS: a number of rounds, 1 or more"))
         .unwrap_or(ROUNDS);
     for round in 0..rounds {
         let prompts = prompts(round);
