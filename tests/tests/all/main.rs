@@ -2,7 +2,7 @@
 //! stand-in provider server and real files.
 //!
 //! One test binary with a module per area, as wasmtime does: each binary
-//! links wasmtime, candle, arrow and parquet, so one link instead of nine
+//! links wasmtime, llama.cpp, arrow and parquet, so one link instead of nine
 //! saves most of the suite's build time.
 
 mod common;
