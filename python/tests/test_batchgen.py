@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import batchgen
+import tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = Path(os.environ.get("BATCHGEN_TARGET_DIR", ROOT / "target")) / "debug"
@@ -160,6 +161,27 @@ def test_the_embedded_local_model(tmp_path):
                                max_tokens=8, work_dir=tmp_path, progress=False)
     assert all(answer.strip() for answer in result.column("answer").to_pylist())
     assert result.column("answer_error").null_count == 2
+
+
+@pytest.mark.parametrize("arch", tiny_gguf.ARCHITECTURES)
+def test_the_embedded_engine_runs_qwen_and_phi_architectures(arch, tmp_path):
+    # Toy models of the real architectures (tests/tiny_gguf.py): loaded,
+    # prompted through their family's chat template, and batched, each row's
+    # text the same alone as in a batch, greedy and sampled with a seed.
+    model = tiny_gguf.write(tmp_path / f"tiny-{arch}.gguf", arch)
+    rows = ["Hello there, how are you?", "the cat", "Write a poem about the sea.", "x", "ünï 🚀"]
+    data = pa.table({"question": rows})
+    for sampling in [dict(temperature=0.0), dict(temperature=0.9, top_p=0.95, seed=3)]:
+        answers = {}
+        for batch_size in [len(rows), 1]:
+            result = batchgen.generate(data, generation_model="Local", local_model=model, input_column="question",
+                                       output_column="answer", max_tokens=12, batch_size=batch_size,
+                                       work_dir=tmp_path / f"{sampling['temperature']}-{batch_size}", progress=False,
+                                       **sampling)
+            assert result.column("answer_error").null_count == len(rows), result.column("answer_error").to_pylist()
+            answers[batch_size] = result.column("answer").to_pylist()
+        assert answers[len(rows)] == answers[1], sampling
+        assert any(answers[1]), sampling
 
 
 def test_ctrl_c_stops_the_call_and_keeps_its_saved_work(server, tmp_path):
