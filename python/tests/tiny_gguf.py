@@ -3,7 +3,8 @@ registry this project reaches carries: Qwen 2, Qwen 3 and Phi-3.
 
 Each is the real architecture (its tensors, shapes, hyperparameters, tokenizer
 kind and chat template, as llama.cpp's loader expects them) at a toy size with
-seeded random weights, written by `gguf`, llama.cpp's own GGUF writer. Their
+seeded random weights, quantized to Q8_0 as real files' matrices are, written
+by `gguf`, llama.cpp's own GGUF writer. Their
 text is gibberish; what they show is that the embedded engine loads, prompts
 and batches each architecture, and that a row's text does not depend on its
 batch, as the real files' would.
@@ -46,6 +47,13 @@ def write(path: Path, arch: str, seed: int = 7) -> Path:
         return np.ones(n, dtype=np.float32)
 
     writer = gguf.GGUFWriter(str(path), arch)
+
+    def matrix(name, out, inputs):
+        # Quantized, so that the products go through llama.cpp's quantized
+        # kernels, as with a real Q8_0 or Q4_K_M file.
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor(name, gguf.quants.quantize(weight(out, inputs), q8), raw_dtype=q8)
+
     writer.add_name(f"tiny-{arch}")
     writer.add_context_length(CONTEXT)
     writer.add_embedding_length(EMBD)
@@ -55,7 +63,7 @@ def write(path: Path, arch: str, seed: int = 7) -> Path:
     writer.add_head_count_kv(KV_HEADS)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(10000.0)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     if arch == "phi3":
         writer.add_rope_dimension_count(HEAD)
         vocab = _spm_vocab(writer)
@@ -64,25 +72,25 @@ def write(path: Path, arch: str, seed: int = 7) -> Path:
         vocab = _bpe_vocab(writer)
         writer.add_chat_template(QWEN_TEMPLATE)
 
-    writer.add_tensor("token_embd.weight", weight(vocab, EMBD))
+    matrix("token_embd.weight", vocab, EMBD)
     writer.add_tensor("output_norm.weight", ones(EMBD))
-    writer.add_tensor("output.weight", weight(vocab, EMBD))
+    matrix("output.weight", vocab, EMBD)
     for i in range(LAYERS):
         block = f"blk.{i}"
         writer.add_tensor(f"{block}.attn_norm.weight", ones(EMBD))
         writer.add_tensor(f"{block}.ffn_norm.weight", ones(EMBD))
-        writer.add_tensor(f"{block}.attn_output.weight", weight(EMBD, EMBD))
-        writer.add_tensor(f"{block}.ffn_down.weight", weight(EMBD, FF))
+        matrix(f"{block}.attn_output.weight", EMBD, EMBD)
+        matrix(f"{block}.ffn_down.weight", EMBD, FF)
         if arch == "phi3":
             # Phi-3 fuses Q, K and V into one product, and gate and up into another.
-            writer.add_tensor(f"{block}.attn_qkv.weight", weight(EMBD + 2 * KV, EMBD))
-            writer.add_tensor(f"{block}.ffn_up.weight", weight(2 * FF, EMBD))
+            matrix(f"{block}.attn_qkv.weight", EMBD + 2 * KV, EMBD)
+            matrix(f"{block}.ffn_up.weight", 2 * FF, EMBD)
             continue
-        writer.add_tensor(f"{block}.attn_q.weight", weight(EMBD, EMBD))
-        writer.add_tensor(f"{block}.attn_k.weight", weight(KV, EMBD))
-        writer.add_tensor(f"{block}.attn_v.weight", weight(KV, EMBD))
-        writer.add_tensor(f"{block}.ffn_gate.weight", weight(FF, EMBD))
-        writer.add_tensor(f"{block}.ffn_up.weight", weight(FF, EMBD))
+        matrix(f"{block}.attn_q.weight", EMBD, EMBD)
+        matrix(f"{block}.attn_k.weight", KV, EMBD)
+        matrix(f"{block}.attn_v.weight", KV, EMBD)
+        matrix(f"{block}.ffn_gate.weight", FF, EMBD)
+        matrix(f"{block}.ffn_up.weight", FF, EMBD)
         if arch == "qwen2":
             # Qwen 2 has biases on Q, K and V.
             writer.add_tensor(f"{block}.attn_q.bias", weight(EMBD))
