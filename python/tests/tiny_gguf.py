@@ -4,10 +4,9 @@ registry this project reaches carries: Qwen 2, Qwen 3 and Phi-3.
 Each is the real architecture (its tensors, shapes, hyperparameters, tokenizer
 kind and chat template, as llama.cpp's loader expects them) at a toy size with
 seeded random weights, quantized to Q8_0 as real files' matrices are, written
-by `gguf`, llama.cpp's own GGUF writer. Their
-text is gibberish; what they show is that the embedded engine loads, prompts
-and batches each architecture, and that a row's text does not depend on its
-batch, as the real files' would.
+by `gguf`, llama.cpp's own GGUF writer. Their text is gibberish; what they show
+is that the embedded engine loads, prompts and batches each architecture, and
+that a row's text does not depend on its batch, as the real files' would.
 """
 
 from pathlib import Path
@@ -111,7 +110,8 @@ def write(path: Path, arch: str, seed: int = 7) -> Path:
 def _bpe_vocab(writer: "gguf.GGUFWriter") -> int:
     """Qwen's tokenizer kind (GPT-2 byte-level BPE, Qwen's pre-tokenizer):
     the 256 byte tokens, a few merges, and ChatML's control tokens."""
-    byte_chars = _gpt2_bytes()
+    # GPT-2's printable stand-in for each byte, as its vocabularies spell them.
+    byte_chars = gguf.vocab.bytes_to_unicode()
     tokens = [byte_chars[b] for b in range(256)]
     merges = ["Ġ t", "h e", "Ġt he", "i n", "e r"]
     tokens += [a + b for a, b in (m.split(" ") for m in merges)]
@@ -156,14 +156,3 @@ def _spm_vocab(writer: "gguf.GGUFWriter") -> int:
     writer.add_unk_token_id(0)
     return len(tokens)
 
-
-def _gpt2_bytes() -> dict:
-    """GPT-2's printable stand-in for each byte, as its vocabularies spell them."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
