@@ -159,7 +159,6 @@ fn test() -> Result<(), String> {
 /// 5.2 GB in `target/` on 2026-12-07 (the workspace's debug build 3.9 GB,
 /// the Python venv, the guest and hostile components, the models), 12 GB
 /// before dependencies lost their debug info (Cargo.toml's `[profile.dev]`).
-const TEST_DISK_BYTES: u64 = TEST_DISK_GB << 30;
 const TEST_DISK_GB: u64 = 6;
 
 /// Says so up front when the disk under `target/` has less room than a test
@@ -177,7 +176,7 @@ fn warn_if_disk_short() {
         return;
     }
     let free = stat.f_bavail as u64 * stat.f_frsize as u64;
-    if free < TEST_DISK_BYTES {
+    if free < TEST_DISK_GB << 30 {
         eprintln!(
             "xtask: warning: {:.1} GB free under {}; a test run from a clean clone needs about {TEST_DISK_GB} GB \
              (a linker that runs out of disk fails with \"Bus error\")",

@@ -114,10 +114,10 @@ fn main() {
         .unwrap_or(ROUNDS);
     for round in 0..rounds {
         let prompts = prompts(round);
+        // Who goes first alternates between rounds, so that neither engine
+        // always runs in the other's wake.
+        let server_first = round % 2 == 1;
         for (i, &size) in sizes.iter().enumerate() {
-            // Who goes first alternates between rounds, so that neither
-            // engine always runs in the other's wake.
-            let server_first = round % 2 == 1;
             let server_run = |theirs: &mut Vec<Run>| {
                 if let Some(server) = servers.get(i) {
                     theirs.push(server.run(&prompts, size));
